@@ -1,0 +1,71 @@
+--[[
+  force_release-2.lua · pylivermore script contract v1
+  Operator tool: remove whoever holds the resource, whatever its state, and log
+  who did it and why. The holder's next heartbeat answers EXPIRED. The fence key
+  is kept, so the next claim's token is higher.
+
+  KEYS[1]  status   hash, the live record            <ns>:{<id>}:status
+  KEYS[2]  log      stream, the activity log         <ns>:{<id>}:log
+
+  ARGV[1]  reason         why, 1-1024 bytes
+  ARGV[2]  operator       who, 1-255 bytes
+  ARGV[3]  retention_ms   integer milliseconds 1000..315360000000; log entries older than this are trimmed (MINID ~)
+
+  Reply    {"RELEASED", fencing_token, state}   the removed holder's token and state
+           {"ABSENT"}   no record; nothing written
+           {"CORRUPT", reason}   a key holds something this contract never writes; nothing written
+  Errors   "ERR pylivermore bad-args: <what>"   a caller bug; nothing written
+  Writes   log (XADD MINID ~), status (DEL)
+  Time     server TIME (timestamp, log trimming)
+  Requires Redis >= 6.2
+]]
+local rcall = redis.call
+if #KEYS ~= 2 or #ARGV ~= 3 then
+  return redis.error_reply('ERR pylivermore bad-args: force_release takes 2 keys and 3 arguments')
+end
+local status, log = KEYS[1], KEYS[2]
+local reason, operator, retention_arg = ARGV[1], ARGV[2], ARGV[3]
+local function bad(what) return redis.error_reply('ERR pylivermore bad-args: ' .. what) end
+if #reason < 1 or #reason > 1024 then return bad('reason must be 1-1024 bytes') end
+if #operator < 1 or #operator > 255 then return bad('operator must be 1-255 bytes') end
+local retention = #retention_arg <= 12 and string.find(retention_arg, '^[1-9]%d*$') and tonumber(retention_arg)
+if not retention or retention < 1000 or retention > 315360000000 then
+  return bad('retention_ms must be an integer from 1000 to 315360000000')
+end
+
+local held = redis.pcall('HMGET', status, 'fencingToken', 'connectionState', 'exchangeId', 'exchangeName',
+  'hostname', 'ipAddress', 'instanceId')
+if held['err'] then return {'CORRUPT', 'status key is not a hash'} end
+if not held[1] then
+  if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no fencingToken'} end
+  return {'ABSENT'}
+end
+if not string.find(held[1], '^[1-9]%d*$') or not held[2] or not held[3] or not held[4] or not held[5] then
+  return {'CORRUPT', 'status hash lacks a valid fencingToken, connectionState or identity'}
+end
+local log_kind = rcall('TYPE', log)['ok']
+if log_kind ~= 'stream' and log_kind ~= 'none' then return {'CORRUPT', 'log key holds a ' .. log_kind .. ', not a stream'} end
+
+local t = rcall('TIME')
+local sec, usec = tonumber(t[1]), tonumber(t[2])
+local function iso(s, us)
+  local days = math.floor(s / 86400)
+  local rem = s - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, doy - math.floor((153 * mp + 2) / 5) + 1,
+    math.floor(rem / 3600), math.floor(rem / 60) % 60, rem % 60, math.floor(us / 1000))
+end
+
+rcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
+  'event', 'force_release', 'timestamp', iso(sec, usec), 'exchangeId', held[3], 'exchangeName', held[4],
+  'hostname', held[5], 'ip', held[6] or '', 'state', held[2], 'fencingToken', held[1],
+  'instanceId', held[7] or '', 'reason', reason, 'operator', operator)
+rcall('DEL', status)
+return {'RELEASED', held[1], held[2]}

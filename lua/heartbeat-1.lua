@@ -1,0 +1,65 @@
+--[[
+  heartbeat-1.lua · pylivermore script contract v1
+  Renew the caller's lease: refresh lastHeartbeat and the TTL, only if the
+  record exists and its owner digest is sha1hex(token). Never re-creates a record.
+
+  KEYS[1]  status   hash, the live record            <ns>:{<id>}:status
+
+  ARGV[1]  token    owner secret given to claim, 16-128 chars of [A-Za-z0-9_-]
+  ARGV[2]  ttl_ms   integer milliseconds, 10..86400000
+
+  Reply    {"RENEWED", last_heartbeat_iso}   TTL reset to ttl_ms
+           {"EXPIRED"}   no record: the lease ran out or was released; nothing written
+           {"TAKEN", fencing_token}   another owner holds the record; nothing written
+           {"CORRUPT", reason}   the key holds something this contract never writes; nothing written
+  Errors   "ERR pylivermore bad-args: <what>"   a caller bug; nothing written
+  Writes   status (HSET lastHeartbeat, PEXPIRE)
+  Time     server TIME (lastHeartbeat)
+  Requires Redis >= 6.2
+]]
+local rcall = redis.call
+if #KEYS ~= 1 or #ARGV ~= 2 then
+  return redis.error_reply('ERR pylivermore bad-args: heartbeat takes 1 key and 2 arguments')
+end
+local status = KEYS[1]
+local token, ttl_arg = ARGV[1], ARGV[2]
+if #token < 16 or #token > 128 or not string.find(token, '^[%w_%-]+$') then
+  return redis.error_reply('ERR pylivermore bad-args: token must be 16-128 characters of [A-Za-z0-9_-]')
+end
+local ttl = #ttl_arg <= 8 and string.find(ttl_arg, '^[1-9]%d*$') and tonumber(ttl_arg)
+if not ttl or ttl < 10 or ttl > 86400000 then
+  -- PEXPIRE with 0 or a negative value would delete the key: never let one through.
+  return redis.error_reply('ERR pylivermore bad-args: ttl_ms must be an integer from 10 to 86400000')
+end
+
+local held = redis.pcall('HMGET', status, 'ownerDigest', 'fencingToken')
+if held['err'] then return {'CORRUPT', 'status key is not a hash'} end
+if not held[1] then
+  if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no ownerDigest'} end
+  return {'EXPIRED'}
+end
+if #held[1] ~= 40 or not string.find(held[1], '^%x+$') or not held[2] or not string.find(held[2], '^[1-9]%d*$') then
+  return {'CORRUPT', 'status hash lacks a valid ownerDigest or fencingToken'}
+end
+if held[1] ~= redis.sha1hex(token) then return {'TAKEN', held[2]} end
+
+local t = rcall('TIME')
+local sec, usec = tonumber(t[1]), tonumber(t[2])
+local function iso(s, us)
+  local days = math.floor(s / 86400)
+  local rem = s - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, doy - math.floor((153 * mp + 2) / 5) + 1,
+    math.floor(rem / 3600), math.floor(rem / 60) % 60, rem % 60, math.floor(us / 1000))
+end
+local now = iso(sec, usec)
+rcall('HSET', status, 'lastHeartbeat', now)
+rcall('PEXPIRE', status, ttl)
+return {'RENEWED', now}

@@ -1,0 +1,107 @@
+--[[
+  transition-2.lua · pylivermore script contract v1
+  Move the caller's resource from its current lifecycle state to another one,
+  only if the caller owns the record and (from, to) is an edge of the state
+  table; log the transition in the same step.
+
+  KEYS[1]  status   hash, the live record            <ns>:{<id>}:status
+  KEYS[2]  log      stream, the activity log         <ns>:{<id>}:log
+
+  ARGV[1]  token          owner secret given to claim, 16-128 chars of [A-Za-z0-9_-]
+  ARGV[2]  request_id     1-64 chars of [A-Za-z0-9_-], unique per logical call; a repeat is answered "OK" without writing
+  ARGV[3]  to             target state, 1-32 chars of [a-z_]
+  ARGV[4]  expected       "" (any) or the state the caller expects the record to be in (compare-and-set)
+  ARGV[5]  table          "" for the default table, or edges "from>to" separated by single spaces (at most 2048 bytes)
+  ARGV[6]  retention_ms   integer milliseconds 1000..315360000000; log entries older than this are trimmed (MINID ~)
+
+  Reply    {"OK", state, last_state_change_iso}   applied now, or already applied by this request_id
+           {"BAD_TRANSITION", current_state}   (current, to) is not an edge, or current ~= expected; nothing written
+           {"EXPIRED"}   no record: the lease ran out or was released; nothing written
+           {"TAKEN", fencing_token}   another owner holds the record; nothing written
+           {"CORRUPT", reason}   a key holds something this contract never writes; nothing written
+  Errors   "ERR pylivermore bad-args: <what>"   a caller bug; nothing written
+  Writes   log (XADD MINID ~), status (HSET connectionState, lastStateChange, connectedAt on entering "active", transitionRequest)
+  Time     server TIME (timestamps, log trimming)
+  Requires Redis >= 6.2
+]]
+local rcall = redis.call
+if #KEYS ~= 2 or #ARGV ~= 6 then
+  return redis.error_reply('ERR pylivermore bad-args: transition takes 2 keys and 6 arguments')
+end
+local status, log = KEYS[1], KEYS[2]
+local token, request_id, to, expected, edges, retention_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local function bad(what) return redis.error_reply('ERR pylivermore bad-args: ' .. what) end
+-- The seed's lifecycle (idle -> starting -> warming -> active -> stopping -> stopped -> idle, plus the
+-- abort edges); each edge is wrapped in spaces so that a plain find matches whole names only.
+local DEFAULT = ' idle>starting starting>warming starting>stopping starting>idle warming>active warming>stopping warming>idle active>stopping stopping>stopped stopped>idle '
+
+if #token < 16 or #token > 128 or not string.find(token, '^[%w_%-]+$') then
+  return bad('token must be 16-128 characters of [A-Za-z0-9_-]')
+end
+if #request_id < 1 or #request_id > 64 or not string.find(request_id, '^[%w_%-]+$') then
+  return bad('request_id must be 1-64 characters of [A-Za-z0-9_-]')
+end
+if #to > 32 or not string.find(to, '^[a-z_]+$') then return bad('to must be a state name of 1-32 characters of [a-z_]') end
+if expected ~= '' and (#expected > 32 or not string.find(expected, '^[a-z_]+$')) then
+  return bad('expected must be "" or a state name of 1-32 characters of [a-z_]')
+end
+if edges == '' then
+  edges = DEFAULT
+elseif #edges > 2048 or not string.find(edges, '^[a-z_]+>[a-z_]+[a-z_> ]*$') or string.find(edges, '  ', 1, true) then
+  return bad('table must be "" or edges "from>to" separated by single spaces, at most 2048 bytes')
+else
+  edges = ' ' .. edges .. ' '
+end
+local retention = #retention_arg <= 12 and string.find(retention_arg, '^[1-9]%d*$') and tonumber(retention_arg)
+if not retention or retention < 1000 or retention > 315360000000 then
+  return bad('retention_ms must be an integer from 1000 to 315360000000')
+end
+
+local held = redis.pcall('HMGET', status, 'ownerDigest', 'fencingToken', 'connectionState', 'transitionRequest',
+  'exchangeId', 'exchangeName', 'hostname', 'ipAddress', 'adminEmail', 'instanceId', 'lastStateChange')
+if held['err'] then return {'CORRUPT', 'status key is not a hash'} end
+if not held[1] then
+  if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no ownerDigest'} end
+  return {'EXPIRED'}
+end
+local current = held[3]
+if #held[1] ~= 40 or not string.find(held[1], '^%x+$') or not held[2] or not string.find(held[2], '^[1-9]%d*$')
+    or not current or not string.find(current, '^[a-z_]+$') or not held[5] or not held[6] or not held[7] then
+  return {'CORRUPT', 'status hash lacks a valid ownerDigest, fencingToken, connectionState or identity'}
+end
+if held[1] ~= redis.sha1hex(token) then return {'TAKEN', held[2]} end
+if held[4] == request_id then return {'OK', current, held[11] or ''} end
+if (expected ~= '' and current ~= expected) or not string.find(edges, ' ' .. current .. '>' .. to .. ' ', 1, true) then
+  return {'BAD_TRANSITION', current}
+end
+local log_kind = rcall('TYPE', log)['ok']
+if log_kind ~= 'stream' and log_kind ~= 'none' then return {'CORRUPT', 'log key holds a ' .. log_kind .. ', not a stream'} end
+
+local t = rcall('TIME')
+local sec, usec = tonumber(t[1]), tonumber(t[2])
+local function iso(s, us)
+  local days = math.floor(s / 86400)
+  local rem = s - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, doy - math.floor((153 * mp + 2) / 5) + 1,
+    math.floor(rem / 3600), math.floor(rem / 60) % 60, rem % 60, math.floor(us / 1000))
+end
+local now = iso(sec, usec)
+
+rcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
+  'event', 'state_transition', 'timestamp', now, 'exchangeId', held[5], 'exchangeName', held[6],
+  'hostname', held[7], 'ip', held[8] or '', 'fromState', current, 'toState', to, 'adminEmail', held[9] or '',
+  'fencingToken', held[2], 'instanceId', held[10] or '', 'requestId', request_id)
+if to == 'active' then
+  rcall('HSET', status, 'connectionState', to, 'lastStateChange', now, 'transitionRequest', request_id, 'connectedAt', now)
+else
+  rcall('HSET', status, 'connectionState', to, 'lastStateChange', now, 'transitionRequest', request_id)
+end
+return {'OK', to, now}

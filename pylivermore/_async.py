@@ -1,0 +1,372 @@
+"""The asyncio driver: :class:`AsyncRegistry` and :class:`AsyncLease` over ``redis.asyncio.Redis``.
+
+It mirrors ``_sync`` call for call (a test compares the two public surfaces) and, like it,
+only moves bytes: decisions live in ``_config``, ``_lease`` and ``_protocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from . import _lease as core
+from ._config import DAY, RegistryConfig
+from ._lease import LeaseCore
+from ._protocol import Call, parse_force_release
+from ._scripts import load_scripts
+from ._states import State
+from .errors import LeaseLostError, LivermoreError
+from .models import ActivityEntry, InstanceStatus
+from .resolver import AsyncResolver, no_address
+
+logger = logging.getLogger("pylivermore.heartbeat")
+
+
+def default_client_options() -> dict[str, Any]:
+    """What :meth:`AsyncRegistry.from_url` passes to redis-py unless told otherwise."""
+    return {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "health_check_interval": 30,
+    }
+
+
+class AsyncRegistry:
+    """The instance registry over an asyncio ``redis.asyncio.Redis`` client.
+
+    Takes the same options as :class:`~pylivermore.Registry`. The heartbeat is one asyncio
+    task per registry, started on the first claim; each renewal is bounded with a timeout.
+    """
+
+    def __init__(
+        self,
+        client: aredis.Redis,
+        *,
+        namespace: str = "exchange",
+        ttl: float = 45.0,
+        heartbeat_interval: float = 15.0,
+        renew_deadline: float = 30.0,
+        log_retention: float = 90 * DAY,
+        transitions: Mapping[State | str, Iterable[State | str]] | None = None,
+        instance_id: str | None = None,
+        hostname: str | None = None,
+        resolver: AsyncResolver = no_address,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = RegistryConfig(
+            namespace=namespace,
+            ttl=ttl,
+            heartbeat_interval=heartbeat_interval,
+            renew_deadline=renew_deadline,
+            log_retention=log_retention,
+            transitions=transitions,
+            instance_id=instance_id,
+            hostname=hostname,
+        )
+        self._client = client
+        self._scripts: dict[str, AsyncScript] = {n: client.register_script(s.source) for n, s in load_scripts().items()}
+        self._clock = clock
+        self._resolver = resolver
+        self._checked = False
+        self._heartbeat = _Heartbeat(self)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> AsyncRegistry:
+        """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy."""
+        client = aredis.Redis.from_url(url, **{**default_client_options(), **(client_options or {})})
+        return cls(client, **options)
+
+    @property
+    def client(self) -> aredis.Redis:
+        return self._client
+
+    @property
+    def instance_id(self) -> str:
+        return self._config.instance_id
+
+    async def _run(self, call: Call) -> Any:
+        return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
+
+    def _spawn(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _check_server(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        try:
+            try:
+                policy = (await self._client.config_get("maxmemory-policy")).get("maxmemory-policy")
+            except ResponseError:  # CONFIG may be denied by an ACL; INFO is often allowed.
+                policy = (await self._client.info("memory")).get("maxmemory_policy")
+        except RedisError as exc:
+            logger.debug("could not read maxmemory-policy: %s", exc)
+            return
+        text = policy.decode() if isinstance(policy, bytes) else policy
+        warning = self._config.eviction_warning(text)
+        if warning:
+            logging.getLogger("pylivermore.registry").warning(warning)
+
+    # -- owner side ------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        exchange_id: int | str,
+        exchange_name: str,
+        *,
+        reclaim: bool = False,
+        on_lost: Callable[[AsyncLease], object] | None = None,
+    ) -> AsyncLease:
+        """Claim *exchange_id* in one round trip and start renewing it in the background.
+
+        ``on_lost(lease)`` may be a plain function or a coroutine function.
+        """
+        pending = self._config.claim(exchange_id, exchange_name, reclaim)
+        await self._check_server()
+        sent = self._clock()
+        lease = AsyncLease(self, self._config.claimed(pending, await self._run(pending.call), sent), on_lost)
+        self._heartbeat.add(lease)
+        if self._resolver is not no_address:
+            self._spawn(self._resolve(lease))
+        return lease
+
+    async def _resolve(self, lease: AsyncLease) -> None:
+        try:
+            result = self._resolver()
+            address = await result if inspect.isawaitable(result) else result
+            if address is not None:
+                await lease.set_address(address.ip, address.country_code)
+        except Exception as exc:
+            logger.warning("address resolver failed for exchange %s: %s", lease.exchange_id, exc)
+
+    # -- readers and operators ---------------------------------------------------------------
+
+    async def get(self, exchange_id: int | str) -> InstanceStatus | None:
+        """The live record of *exchange_id*, or ``None`` if nobody holds it."""
+        _, keys = self._config.keys(exchange_id)
+        try:
+            raw = await self._client.hgetall(keys.status)
+        except ResponseError as exc:
+            raise self._config.read_error(exc, keys.status) from exc
+        return self._config.decode_status(raw, keys)
+
+    async def instances(self) -> list[InstanceStatus]:
+        """Every live record of this namespace (SCAN, then pipelined HGETALL), sorted by id."""
+        keys = [k async for k in self._client.scan_iter(match=self._config.status_pattern, count=1000)]
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return self._config.decode_listing(keys, await pipe.execute(raise_on_error=False) if keys else [])
+
+    async def activity(self, exchange_id: int | str, count: int = 100) -> list[ActivityEntry]:
+        """The newest *count* activity-log entries of *exchange_id*, newest first."""
+        _, keys = self._config.keys(exchange_id)
+        try:
+            raw = await self._client.xrevrange(keys.log, count=self._config.activity_count(count))
+        except ResponseError as exc:
+            raise self._config.read_error(exc, keys.log) from exc
+        return self._config.decode_activity(raw, keys)
+
+    async def force_release(self, exchange_id: int | str, reason: str, *, operator: str | None = None) -> int | None:
+        """Operator tool: remove any holder of *exchange_id* and log who and why."""
+        keys, call = self._config.force_release(exchange_id, reason, operator)
+        return parse_force_release(await self._run(call), keys)
+
+    async def close(self) -> None:
+        """Stop the background heartbeat (leases stop being renewed; they are not released)."""
+        await self._heartbeat.stop()
+
+
+class AsyncLease:
+    """Ownership of one resource, renewed by the registry's heartbeat task until released or lost."""
+
+    def __init__(
+        self, registry: AsyncRegistry, lease_core: LeaseCore, on_lost: Callable[[AsyncLease], object] | None
+    ) -> None:
+        self._registry = registry
+        self._core = lease_core
+        self._clock = registry._clock
+        if on_lost is not None:
+
+            def fire() -> None:
+                result = on_lost(self)
+                if inspect.isawaitable(result):
+                    registry._spawn(result)
+
+            lease_core.on_lost = fire
+
+    def __repr__(self) -> str:
+        return f"<AsyncLease exchange={self.exchange_id} fencing_token={self.fencing_token} state={self.state.value}>"
+
+    @property
+    def exchange_id(self) -> str:
+        return self._core.exchange_id
+
+    @property
+    def exchange_name(self) -> str:
+        return self._core.exchange_name
+
+    @property
+    def fencing_token(self) -> int:
+        """Strictly greater than every token issued before for this resource."""
+        return self._core.fencing_token
+
+    @property
+    def state(self) -> State:
+        return self._core.state
+
+    @property
+    def is_valid(self) -> bool:
+        """True until the lease is lost or its local deadline passes (no round trip)."""
+        return self._core.is_valid(self._clock())
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._core.lost_reason
+
+    async def _run(self, call: Call) -> Any:
+        return await self._registry._run(call)
+
+    async def transition(self, to: State | str, *, expected: State | str | None = None) -> State:
+        """Move to state *to*; with *expected*, only if the record is in that state now."""
+        call = self._core.transition_call(to, expected, self._clock())
+        return self._core.transition_done(await self._run(call), call)
+
+    async def set_symbol_count(self, count: int) -> None:
+        self._core.update_done(await self._run(self._core.update_call(*core.symbols_args(count), self._clock())))
+
+    async def set_admin(self, email: str | None, display_name: str | None) -> None:
+        call = self._core.update_call(*core.admin_args(email, display_name), self._clock())
+        self._core.update_done(await self._run(call))
+
+    async def set_address(self, ip: str | None, country_code: str | None = None) -> None:
+        call = self._core.update_call(*core.address_args(ip, country_code), self._clock())
+        self._core.update_done(await self._run(call))
+
+    async def record_error(self, message: str) -> None:
+        """Record *message* as the record's last error and log it."""
+        self._core.record_error_done(await self._run(self._core.record_error_call(message, self._clock())))
+
+    async def status(self) -> InstanceStatus:
+        """This lease's record, read from Redis."""
+        self._core.check(self._clock())
+        status = await self._registry.get(self.exchange_id)
+        self._core.check_record(status)
+        assert status is not None
+        return status
+
+    async def heartbeat(self) -> None:
+        """Renew now (the background heartbeat does this on its own)."""
+        sent = self._clock()
+        call = self._core.heartbeat_call(sent)
+        self._core.heartbeat_done(await self._registry._run(call), sent, self._clock())
+
+    async def release(self) -> bool:
+        """Stop renewing and deregister; True if this call deleted the record."""
+        self._registry._heartbeat.discard(self)
+        call = self._core.release_call()
+        if call is None:
+            return False
+        return self._core.release_done(await self._run(call))
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if isinstance(exc, Exception) and self.is_valid:
+                await self.record_error(f"{type(exc).__name__}: {exc}")
+            for step in self._core.shutdown_path():
+                await self.transition(step)
+        except (LivermoreError, RedisError) as err:
+            logger.warning("graceful shutdown of exchange %s cut short: %s", self.exchange_id, err)
+        finally:
+            try:
+                await self.release()
+            except (LivermoreError, RedisError):
+                if exc is None:
+                    raise
+                logger.exception("release of exchange %s failed", self.exchange_id)
+
+
+class _Heartbeat:
+    """One asyncio task per registry renews all its leases; it ends when none is left."""
+
+    def __init__(self, registry: AsyncRegistry) -> None:
+        self._registry = registry
+        self._leases: set[AsyncLease] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, lease: AsyncLease) -> None:
+        self._leases.add(lease)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="pylivermore-heartbeat")
+        self._wake.set()
+
+    def discard(self, lease: AsyncLease) -> None:
+        self._leases.discard(lease)
+        self._wake.set()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        clock = self._registry._clock
+        while self._leases:
+            leases = list(self._leases)
+            for lease in leases:
+                c = lease._core
+                if c.lost_reason is None and clock() >= c.next_beat:
+                    await self._beat(lease)
+                if c.lost_reason is None and clock() >= c.deadline:
+                    c.lose("deadline")
+                if c.lost_reason is not None:
+                    self._leases.discard(lease)
+            wake = min((lease._core.wake_at() for lease in leases if lease._core.lost_reason is None), default=None)
+            self._wake.clear()
+            if wake is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, wake - clock()))
+
+    async def _beat(self, lease: AsyncLease) -> None:
+        c, clock = lease._core, self._registry._clock
+        sent = clock()
+        try:
+            call = c.heartbeat_call(sent)
+            reply = await asyncio.wait_for(self._registry._run(call), self._registry._config.heartbeat_timeout)
+        except LeaseLostError:
+            return
+        except Exception as exc:  # never raise into the caller: a failed beat is retried until the deadline
+            logger.warning("heartbeat of exchange %s failed: %r", lease.exchange_id, exc)
+            c.heartbeat_failed(clock())
+            return
+        try:
+            c.heartbeat_done(reply, sent, clock())
+        except LeaseLostError:
+            pass
+        except Exception as exc:
+            logger.warning("heartbeat of exchange %s got a bad reply: %s", lease.exchange_id, exc)
+            c.heartbeat_failed(clock())

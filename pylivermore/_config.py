@@ -1,0 +1,197 @@
+"""Registry configuration and the registry-level half of the protocol, without I/O."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from . import _protocol as proto
+from ._keys import Keys, check_id, check_namespace, status_pattern
+from ._lease import LeaseCore, LeaseSettings
+from ._states import State, build_table
+from .errors import CorruptStatusError
+from .models import ActivityEntry, InstanceStatus, decode_entry, decode_status, text_dict
+
+logger = logging.getLogger("pylivermore.registry")
+
+#: ``maxmemory-policy`` values under which Redis never evicts a lease key.
+SAFE_POLICIES = frozenset({"noeviction"})
+DAY = 86400.0
+
+
+def _seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+    return float(value)
+
+
+def _text(name: str, value: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= limit:
+        raise ValueError(f"{name} must be 1-{limit} bytes of UTF-8, got {size}")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaim:
+    wire_id: str
+    exchange_name: str
+    keys: Keys
+    token: str
+    call: proto.Call
+
+
+class RegistryConfig:
+    """Validated options of a registry plus everything it decides without I/O."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "exchange",
+        ttl: float = 45.0,
+        heartbeat_interval: float = 15.0,
+        renew_deadline: float = 30.0,
+        log_retention: float = 90 * DAY,
+        transitions: Mapping[State | str, Iterable[State | str]] | None = None,
+        instance_id: str | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        self.namespace = check_namespace(namespace)
+        self.ttl = _seconds("ttl", ttl)
+        self.heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
+        self.renew_deadline = _seconds("renew_deadline", renew_deadline)
+        if not self.ttl > self.renew_deadline > 1.2 * self.heartbeat_interval:
+            raise ValueError(
+                "need ttl > renew_deadline > 1.2 * heartbeat_interval (got "
+                f"ttl={ttl}, renew_deadline={renew_deadline}, heartbeat_interval={heartbeat_interval}); "
+                "the defaults are 45, 30 and 15 seconds"
+            )
+        if not 0.01 <= self.ttl <= DAY:
+            raise ValueError(f"ttl must be between 0.01 and 86400 seconds, not {ttl}")
+        retention = _seconds("log_retention", log_retention)
+        if not 1.0 <= retention <= 3650 * DAY:
+            raise ValueError(f"log_retention must be between 1 second and 3650 days, not {log_retention}")
+        table, table_wire = build_table(transitions)
+        self.hostname = _text("hostname", hostname if hostname is not None else socket.gethostname() or "unknown", 255)
+        self.instance_id = _text(
+            "instance_id",
+            instance_id if instance_id is not None else f"{self.hostname}:{os.getpid()}:{secrets.token_hex(3)}",
+            255,
+        )
+        self.lease_settings = LeaseSettings(
+            ttl_ms=round(self.ttl * 1000),
+            heartbeat_interval=self.heartbeat_interval,
+            renew_deadline=self.renew_deadline,
+            retention_ms=round(retention * 1000),
+            table=dict(table),
+            table_wire=table_wire,
+        )
+        # Each heartbeat attempt is bounded so that a slow or unreachable server cannot hold
+        # the loop past the deadline (a client's own retry policy is not used for heartbeats).
+        self.heartbeat_timeout = min(self.heartbeat_interval / 2, (self.renew_deadline - self.heartbeat_interval) / 2)
+
+    def keys(self, exchange_id: int | str) -> tuple[str, Keys]:
+        wire_id = check_id(exchange_id)
+        return wire_id, Keys(self.namespace, wire_id)
+
+    @property
+    def status_pattern(self) -> str:
+        return status_pattern(self.namespace)
+
+    # -- claim -----------------------------------------------------------------------------
+
+    def claim(self, exchange_id: int | str, exchange_name: str, reclaim: bool) -> PendingClaim:
+        wire_id, keys = self.keys(exchange_id)
+        _text("exchange_name", exchange_name, 128)
+        if not isinstance(reclaim, bool):
+            raise TypeError("reclaim must be a bool")
+        token = secrets.token_hex(16)
+        s = self.lease_settings
+        call = proto.claim_call(
+            keys, token, s.ttl_ms, wire_id, exchange_name, self.hostname, self.instance_id, reclaim, s.retention_ms
+        )
+        return PendingClaim(wire_id, exchange_name, keys, token, call)
+
+    def claimed(self, pending: PendingClaim, reply: object, sent_at: float) -> LeaseCore:
+        """The new lease's core; raises :class:`~pylivermore.ClaimConflictError` on conflict."""
+        fencing_token, how = proto.parse_claim(reply, pending.keys, pending.wire_id)
+        logger.info("claimed exchange %s (fencing token %d, %s)", pending.wire_id, fencing_token, how)
+        return LeaseCore(
+            self.lease_settings,
+            pending.wire_id,
+            pending.exchange_name,
+            pending.keys,
+            pending.token,
+            fencing_token,
+            sent_at,
+        )
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def decode_status(self, raw: Mapping[bytes | str, bytes | str], keys: Keys) -> InstanceStatus | None:
+        return decode_status(text_dict(raw), keys.status) if raw else None
+
+    def decode_activity(self, raw: Iterable[tuple[object, object]] | None, keys: Keys) -> list[ActivityEntry]:
+        out = []
+        for entry_id, fields in raw or ():
+            if not isinstance(entry_id, bytes | str) or not isinstance(fields, Mapping):
+                raise CorruptStatusError(keys.log, f"unreadable log entry {entry_id!r}")
+            out.append(decode_entry(entry_id, text_dict(fields), keys.log))
+        return out
+
+    def decode_listing(self, keys: Sequence[bytes | str], raws: Sequence[object]) -> list[InstanceStatus]:
+        """Decode SCAN + HGETALL results; records that expired meanwhile are skipped, corrupt ones logged."""
+        out: list[InstanceStatus] = []
+        for key, raw in zip(keys, raws, strict=True):
+            name = key.decode() if isinstance(key, bytes) else key
+            if isinstance(raw, Exception) or not isinstance(raw, Mapping):
+                logger.warning("skipping %s: %s", name, raw)
+                continue
+            try:
+                status = decode_status(text_dict(raw), name) if raw else None
+            except CorruptStatusError as exc:
+                logger.warning("skipping corrupt record: %s", exc)
+                continue
+            if status is not None:
+                out.append(status)
+        out.sort(key=lambda s: str(s.exchange_id))
+        return out
+
+    @staticmethod
+    def activity_count(count: int) -> int:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10000:
+            raise ValueError(f"count must be an int from 1 to 10000, not {count!r}")
+        return count
+
+    def force_release(self, exchange_id: int | str, reason: str, operator: str | None) -> tuple[Keys, proto.Call]:
+        _, keys = self.keys(exchange_id)
+        _text("reason", reason, 1024)
+        who = _text("operator", operator if operator is not None else self.instance_id, 255)
+        return keys, proto.force_release_call(keys, reason, who, self.lease_settings.retention_ms)
+
+    def read_error(self, exc: Exception, key: str) -> Exception:
+        """A WRONGTYPE from a plain read becomes a :class:`CorruptStatusError`; others pass."""
+        if "WRONGTYPE" in str(exc):
+            return CorruptStatusError(key, "the key holds a value of the wrong Redis type")
+        return exc
+
+    @staticmethod
+    def eviction_warning(policy: str | None) -> str | None:
+        if policy is None or policy in SAFE_POLICIES:
+            return None
+        return (
+            f"the Redis server's maxmemory-policy is {policy!r}: under memory pressure it may evict "
+            "lease keys (they carry a TTL) and let a second owner claim a live resource; "
+            "set maxmemory-policy to noeviction"
+        )

@@ -1,0 +1,145 @@
+"""The wire protocol of the scripts, without I/O: what to send, and what a reply means.
+
+``*_call`` functions build a :class:`Call` (script name, KEYS, ARGV); ``parse_*`` functions
+turn a raw reply into a result or an exception. Both drivers (sync and asyncio) send the
+same calls and parse with the same functions. :data:`REPLIES` lists, per script, the reply
+words this module understands; a header check keeps it equal to the Lua headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._keys import Keys
+from .errors import ClaimConflictError, CorruptStatusError, ScriptContractError
+from .models import decode_status, pairs_to_dict
+
+REPLIES: dict[str, frozenset[str]] = {
+    "claim": frozenset({"CLAIMED", "CONFLICT", "CORRUPT"}),
+    "heartbeat": frozenset({"RENEWED", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "transition": frozenset({"OK", "BAD_TRANSITION", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "update": frozenset({"OK", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "record_error": frozenset({"OK", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "deregister": frozenset({"RELEASED", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "force_release": frozenset({"RELEASED", "ABSENT", "CORRUPT"}),
+}
+
+#: Reply words meaning "the caller does not own the record", mapped to LeaseLostError reasons.
+LOST = {"EXPIRED": "expired", "TAKEN": "taken"}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One script invocation: the script's operation name, its KEYS and its ARGV."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+
+
+def words(script: str, reply: object) -> list[str]:
+    """A script reply as a list of ``str``; the first item is a reply word the script may send."""
+    if not isinstance(reply, list | tuple) or not reply:
+        raise ScriptContractError(script, reply)
+    out = [x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else str(x) for x in reply]
+    if out[0] not in REPLIES[script]:
+        raise ScriptContractError(script, reply)
+    return out
+
+
+def _corrupt(w: list[str], key: str) -> None:
+    if w[0] == "CORRUPT":
+        raise CorruptStatusError(key, w[1] if len(w) > 1 else "unknown damage")
+
+
+# -- claim ---------------------------------------------------------------------------------
+
+
+def claim_call(
+    keys: Keys,
+    token: str,
+    ttl_ms: int,
+    wire_id: str,
+    exchange_name: str,
+    hostname: str,
+    instance_id: str,
+    reclaim: bool,
+    retention_ms: int,
+) -> Call:
+    return Call(
+        "claim",
+        (keys.status, keys.log, keys.fence),
+        (token, str(ttl_ms), wire_id, exchange_name, hostname, instance_id, "1" if reclaim else "0", str(retention_ms)),
+    )
+
+
+def parse_claim(reply: object, keys: Keys, wire_id: str) -> tuple[int, str]:
+    """``(fencing_token, how)``; raise :class:`ClaimConflictError` with the holder and its TTL."""
+    w = words("claim", reply)
+    _corrupt(w, keys.status)
+    if w[0] == "CONFLICT":
+        pttl = int(w[1])
+        try:
+            holder = decode_status(pairs_to_dict(w[2:]), keys.status)
+        except CorruptStatusError:
+            holder = None
+        raise ClaimConflictError(wire_id, holder, max(pttl, 0) / 1000.0)
+    if len(w) != 3 or not w[1].isdigit():
+        raise ScriptContractError("claim", reply)
+    return int(w[1]), w[2]
+
+
+# -- owner operations ------------------------------------------------------------------------
+
+
+def heartbeat_call(keys: Keys, token: str, ttl_ms: int) -> Call:
+    return Call("heartbeat", (keys.status,), (token, str(ttl_ms)))
+
+
+def transition_call(
+    keys: Keys, token: str, request_id: str, to: str, expected: str, table: str, retention_ms: int
+) -> Call:
+    return Call("transition", (keys.status, keys.log), (token, request_id, to, expected, table, str(retention_ms)))
+
+
+def update_call(keys: Keys, token: str, group: str, first: str, second: str) -> Call:
+    return Call("update", (keys.status,), (token, group, first, second))
+
+
+def record_error_call(keys: Keys, token: str, request_id: str, message: str, retention_ms: int) -> Call:
+    return Call("record_error", (keys.status, keys.log), (token, request_id, message, str(retention_ms)))
+
+
+def deregister_call(keys: Keys, token: str, request_id: str, retention_ms: int) -> Call:
+    return Call("deregister", (keys.status, keys.log), (token, request_id, str(retention_ms)))
+
+
+def parse_owned(script: str, reply: object, keys: Keys) -> list[str]:
+    """Reply words of an owner operation; ``CORRUPT`` raises. ``EXPIRED``/``TAKEN`` are returned
+    for the lease to handle (see :data:`LOST`)."""
+    w = words(script, reply)
+    _corrupt(w, keys.status)
+    return w
+
+
+# -- operator ----------------------------------------------------------------------------------
+
+
+def force_release_call(keys: Keys, reason: str, operator: str, retention_ms: int) -> Call:
+    return Call("force_release", (keys.status, keys.log), (reason, operator, str(retention_ms)))
+
+
+def parse_force_release(reply: object, keys: Keys) -> int | None:
+    """The removed holder's fencing token, or ``None`` if nobody held the resource."""
+    w = words("force_release", reply)
+    _corrupt(w, keys.status)
+    return int(w[1]) if w[0] == "RELEASED" else None
+
+
+def holder_ttl(pttl: int) -> float:
+    return max(pttl, 0) / 1000.0
+
+
+def as_list(reply: object) -> Sequence[object]:
+    return reply if isinstance(reply, list | tuple) else []

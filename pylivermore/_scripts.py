@@ -1,0 +1,118 @@
+"""Load the Lua scripts and read their contract headers.
+
+Each ``lua/<name>-<numkeys>.lua`` starts with a ``--[[ ... ]]`` header listing its KEYS, its
+ARGV and every reply word. :func:`check_headers` compares each header with the script body
+and with the reply words the Python protocol maps; ``python -m pylivermore._scripts`` runs it
+(``make lint`` does).
+
+In a wheel the scripts are packaged as ``pylivermore/lua``; in a source checkout they are
+read from the repository's top-level ``lua/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+_FILE = re.compile(r"([a-z_]+)-(\d+)\.lua")
+_HEADER = re.compile(r"\A--\[\[(.*?)\]\]", re.S)
+_HEADER_ITEM = re.compile(r"^\s*(KEYS|ARGV)\[(\d+)\]\s+(\w+)", re.M)
+_HEADER_REPLY = re.compile(r'\{"([A-Z_]+)"')
+_BODY_ITEM = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
+_BODY_REPLY = re.compile(r"\{'([A-Z_]+)'")
+_BODY_GUARD = re.compile(r"if #KEYS ~= (\d+) or #ARGV ~= (\d+) then")
+
+
+@dataclass(frozen=True)
+class ScriptSpec:
+    """One script: its operation name, key count, source text and documented contract."""
+
+    name: str
+    numkeys: int
+    source: str
+    sha1: str
+    keys: tuple[str, ...]
+    argv: tuple[str, ...]
+    replies: frozenset[str]
+
+
+def lua_dir() -> Path:
+    packaged = Path(__file__).with_name("lua")
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "lua"
+
+
+def _parse(path: Path) -> ScriptSpec:
+    m = _FILE.fullmatch(path.name)
+    if m is None:
+        raise ValueError(f"{path.name}: script files are named <operation>-<numkeys>.lua")
+    source = path.read_text(encoding="utf-8")
+    header = _HEADER.match(source)
+    if header is None:
+        raise ValueError(f"{path.name}: the file must start with a --[[ ... ]] contract header")
+    items = _HEADER_ITEM.findall(header.group(1))
+    reply_part = header.group(1).split("Reply", 1)[-1].split("Errors", 1)[0]
+    return ScriptSpec(
+        name=m.group(1),
+        numkeys=int(m.group(2)),
+        source=source,
+        sha1=hashlib.sha1(source.encode()).hexdigest(),
+        keys=tuple(name for kind, _, name in items if kind == "KEYS"),
+        argv=tuple(name for kind, _, name in items if kind == "ARGV"),
+        replies=frozenset(_HEADER_REPLY.findall(reply_part)),
+    )
+
+
+@cache
+def load_scripts() -> Mapping[str, ScriptSpec]:
+    """Every script, keyed by operation name."""
+    specs = [_parse(p) for p in sorted(lua_dir().glob("*.lua"))]
+    return {s.name: s for s in specs}
+
+
+def check_headers(specs: Mapping[str, ScriptSpec], mapped: Mapping[str, frozenset[str]]) -> list[str]:
+    """Every disagreement between headers, bodies and the protocol's reply words."""
+    problems: list[str] = []
+    for spec in specs.values():
+        header_src = _HEADER.match(spec.source)
+        assert header_src is not None
+        body = spec.source[header_src.end() :]
+        where = f"{spec.name}-{spec.numkeys}.lua"
+        header_items = _HEADER_ITEM.findall(header_src.group(1))
+        for kind, count in (("KEYS", spec.numkeys), ("ARGV", len(spec.argv))):
+            documented = sorted(int(i) for k, i, _ in header_items if k == kind)
+            used = sorted({int(i) for k, i in _BODY_ITEM.findall(body) if k == kind})
+            if documented != list(range(1, count + 1)):
+                problems.append(f"{where}: header documents {kind} {documented}, expected 1..{count}")
+            if used != documented:
+                problems.append(f"{where}: body uses {kind} {used} but the header documents {documented}")
+        guard = _BODY_GUARD.search(body)
+        if guard is None or (int(guard.group(1)), int(guard.group(2))) != (spec.numkeys, len(spec.argv)):
+            problems.append(f"{where}: the #KEYS/#ARGV guard does not match the header")
+        body_replies = frozenset(_BODY_REPLY.findall(body))
+        if body_replies != spec.replies:
+            problems.append(f"{where}: body replies {sorted(body_replies)} but header lists {sorted(spec.replies)}")
+        if mapped.get(spec.name) != spec.replies:
+            mapped_words = sorted(mapped.get(spec.name, ()))
+            problems.append(f"{where}: the protocol maps {mapped_words} but the header lists {sorted(spec.replies)}")
+    for name in sorted(set(mapped) - set(specs)):
+        problems.append(f"the protocol maps replies of {name!r} but lua/ has no such script")
+    return problems
+
+
+def main() -> int:
+    from ._protocol import REPLIES
+
+    problems = check_headers(load_scripts(), REPLIES)
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"lua headers: {len(load_scripts())} scripts, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,396 @@
+"""The synchronous driver: :class:`Registry` and :class:`Lease` over ``redis.Redis``.
+
+It only moves bytes: what to send and what replies mean live in ``_config``, ``_lease``
+and ``_protocol``, shared with the asyncio driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from . import _lease as core
+from ._config import DAY, RegistryConfig
+from ._lease import LeaseCore
+from ._protocol import Call, parse_force_release
+from ._scripts import load_scripts
+from ._states import State
+from .errors import LeaseLostError, LivermoreError
+from .models import ActivityEntry, InstanceStatus
+from .resolver import Resolver, no_address
+
+logger = logging.getLogger("pylivermore.heartbeat")
+
+
+def default_client_options() -> dict[str, Any]:
+    """What :meth:`Registry.from_url` passes to redis-py unless told otherwise."""
+    return {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "health_check_interval": 30,
+    }
+
+
+def _bounded(client: redis.Redis, timeout: float) -> redis.Redis:
+    """A client on the same server whose calls give up after *timeout* and never retry."""
+    pool = client.connection_pool
+    if type(pool) is not redis.ConnectionPool:
+        return client  # Sentinel and custom pools cannot be cloned safely: use the client as is.
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+class Registry:
+    """The instance registry over a synchronous ``redis.Redis`` client.
+
+    Args:
+        client: the redis-py client. Its retry policy applies to owner operations, which are
+            idempotent; heartbeats use their own bounded, non-retrying connection.
+        namespace: first part of every key (``<namespace>:{<id>}:status``).
+        ttl: lease duration in seconds; a record not renewed for this long expires.
+        heartbeat_interval: seconds between renewals by the background heartbeat.
+        renew_deadline: seconds after the last acknowledged renewal's send time at which the
+            lease counts as lost locally. Need ``ttl > renew_deadline > 1.2 * heartbeat_interval``.
+        log_retention: seconds of activity log kept (trimmed with ``MINID``).
+        transitions: a custom state table (``{from: [to, ...]}``); default: the seed's.
+        instance_id: this process's identity (default ``host:pid:random``); ``claim(reclaim=True)``
+            takes over a record held by the same identity.
+        hostname: reported host name (default: the OS's).
+        resolver: called after each claim, in a background thread, to report the public address.
+        clock: monotonic clock, for tests.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str = "exchange",
+        ttl: float = 45.0,
+        heartbeat_interval: float = 15.0,
+        renew_deadline: float = 30.0,
+        log_retention: float = 90 * DAY,
+        transitions: Mapping[State | str, Iterable[State | str]] | None = None,
+        instance_id: str | None = None,
+        hostname: str | None = None,
+        resolver: Resolver = no_address,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = RegistryConfig(
+            namespace=namespace,
+            ttl=ttl,
+            heartbeat_interval=heartbeat_interval,
+            renew_deadline=renew_deadline,
+            log_retention=log_retention,
+            transitions=transitions,
+            instance_id=instance_id,
+            hostname=hostname,
+        )
+        self._client = client
+        self._beat_client = _bounded(client, self._config.heartbeat_timeout)
+        self._scripts: dict[str, Script] = {n: client.register_script(s.source) for n, s in load_scripts().items()}
+        self._clock = clock
+        self._resolver = resolver
+        self._checked = False
+        self._heartbeat = _Heartbeat(self)
+
+    @classmethod
+    def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> Registry:
+        """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy."""
+        client = redis.Redis.from_url(url, **{**default_client_options(), **(client_options or {})})
+        return cls(client, **options)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    @property
+    def instance_id(self) -> str:
+        return self._config.instance_id
+
+    def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
+        return self._scripts[call.script](keys=call.keys, args=call.args, client=client or self._client)
+
+    def _check_server(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        try:
+            try:
+                policy = self._client.config_get("maxmemory-policy").get("maxmemory-policy")
+            except ResponseError:  # CONFIG may be denied by an ACL; INFO is often allowed.
+                policy = self._client.info("memory").get("maxmemory_policy")
+        except RedisError as exc:
+            logger.debug("could not read maxmemory-policy: %s", exc)
+            return
+        text = policy.decode() if isinstance(policy, bytes) else policy
+        warning = self._config.eviction_warning(text)
+        if warning:
+            logging.getLogger("pylivermore.registry").warning(warning)
+
+    # -- owner side ------------------------------------------------------------------------
+
+    def claim(
+        self,
+        exchange_id: int | str,
+        exchange_name: str,
+        *,
+        reclaim: bool = False,
+        on_lost: Callable[[Lease], object] | None = None,
+    ) -> Lease:
+        """Claim *exchange_id* in one round trip and start renewing it in the background.
+
+        Raises :class:`~pylivermore.ClaimConflictError` (with ``.holder`` and ``.ttl``) when
+        another live owner holds it. ``on_lost(lease)`` is called once if the lease is lost.
+        """
+        pending = self._config.claim(exchange_id, exchange_name, reclaim)
+        self._check_server()
+        sent = self._clock()
+        lease = Lease(self, self._config.claimed(pending, self._run(pending.call), sent), on_lost)
+        self._heartbeat.add(lease)
+        if self._resolver is not no_address:
+            threading.Thread(target=self._resolve, args=(lease,), name="pylivermore-resolver", daemon=True).start()
+        return lease
+
+    def _resolve(self, lease: Lease) -> None:
+        try:
+            address = self._resolver()
+            if address is not None:
+                lease.set_address(address.ip, address.country_code)
+        except Exception as exc:
+            logger.warning("address resolver failed for exchange %s: %s", lease.exchange_id, exc)
+
+    # -- readers and operators ---------------------------------------------------------------
+
+    def get(self, exchange_id: int | str) -> InstanceStatus | None:
+        """The live record of *exchange_id*, or ``None`` if nobody holds it."""
+        _, keys = self._config.keys(exchange_id)
+        try:
+            raw = self._client.hgetall(keys.status)
+        except ResponseError as exc:
+            raise self._config.read_error(exc, keys.status) from exc
+        return self._config.decode_status(raw, keys)
+
+    def instances(self) -> list[InstanceStatus]:
+        """Every live record of this namespace (SCAN, then pipelined HGETALL), sorted by id."""
+        keys = list(self._client.scan_iter(match=self._config.status_pattern, count=1000))
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return self._config.decode_listing(keys, pipe.execute(raise_on_error=False) if keys else [])
+
+    def activity(self, exchange_id: int | str, count: int = 100) -> list[ActivityEntry]:
+        """The newest *count* activity-log entries of *exchange_id*, newest first."""
+        _, keys = self._config.keys(exchange_id)
+        try:
+            raw = self._client.xrevrange(keys.log, count=self._config.activity_count(count))
+        except ResponseError as exc:
+            raise self._config.read_error(exc, keys.log) from exc
+        return self._config.decode_activity(raw, keys)
+
+    def force_release(self, exchange_id: int | str, reason: str, *, operator: str | None = None) -> int | None:
+        """Operator tool: remove any holder of *exchange_id* and log who and why.
+
+        Returns the removed holder's fencing token, or ``None`` if nobody held it.
+        """
+        keys, call = self._config.force_release(exchange_id, reason, operator)
+        return parse_force_release(self._run(call), keys)
+
+    def close(self) -> None:
+        """Stop the background heartbeat (leases stop being renewed; they are not released)."""
+        self._heartbeat.stop()
+
+
+class Lease:
+    """Ownership of one resource, renewed in the background until released or lost.
+
+    A context manager: on exit it records the error if the block raised, walks to
+    ``stopping``/``stopped`` where the state table allows, and deregisters.
+    """
+
+    def __init__(self, registry: Registry, lease_core: LeaseCore, on_lost: Callable[[Lease], object] | None) -> None:
+        self._registry = registry
+        self._core = lease_core
+        self._clock = registry._clock
+        if on_lost is not None:
+            lease_core.on_lost = lambda: on_lost(self)
+
+    def __repr__(self) -> str:
+        return f"<Lease exchange={self.exchange_id} fencing_token={self.fencing_token} state={self.state.value}>"
+
+    @property
+    def exchange_id(self) -> str:
+        return self._core.exchange_id
+
+    @property
+    def exchange_name(self) -> str:
+        return self._core.exchange_name
+
+    @property
+    def fencing_token(self) -> int:
+        """Strictly greater than every token issued before for this resource; give it to
+        downstream systems so that they can reject writes from a stale owner."""
+        return self._core.fencing_token
+
+    @property
+    def state(self) -> State:
+        return self._core.state
+
+    @property
+    def is_valid(self) -> bool:
+        """True until the lease is lost or its local deadline passes (no round trip)."""
+        return self._core.is_valid(self._clock())
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._core.lost_reason
+
+    def _run(self, call: Call) -> Any:
+        return self._registry._run(call)
+
+    def transition(self, to: State | str, *, expected: State | str | None = None) -> State:
+        """Move to state *to*; with *expected*, only if the record is in that state now."""
+        call = self._core.transition_call(to, expected, self._clock())
+        return self._core.transition_done(self._run(call), call)
+
+    def set_symbol_count(self, count: int) -> None:
+        self._core.update_done(self._run(self._core.update_call(*core.symbols_args(count), self._clock())))
+
+    def set_admin(self, email: str | None, display_name: str | None) -> None:
+        self._core.update_done(self._run(self._core.update_call(*core.admin_args(email, display_name), self._clock())))
+
+    def set_address(self, ip: str | None, country_code: str | None = None) -> None:
+        self._core.update_done(self._run(self._core.update_call(*core.address_args(ip, country_code), self._clock())))
+
+    def record_error(self, message: str) -> None:
+        """Record *message* as the record's last error and log it."""
+        self._core.record_error_done(self._run(self._core.record_error_call(message, self._clock())))
+
+    def status(self) -> InstanceStatus:
+        """This lease's record, read from Redis."""
+        self._core.check(self._clock())
+        status = self._registry.get(self.exchange_id)
+        self._core.check_record(status)
+        assert status is not None
+        return status
+
+    def heartbeat(self) -> None:
+        """Renew now (the background heartbeat does this on its own)."""
+        sent = self._clock()
+        call = self._core.heartbeat_call(sent)
+        self._core.heartbeat_done(self._registry._run(call), sent, self._clock())
+
+    def release(self) -> bool:
+        """Stop renewing and deregister; True if this call deleted the record. Never raises
+        :class:`~pylivermore.LeaseLostError`: releasing a lost lease does nothing."""
+        self._registry._heartbeat.discard(self)
+        call = self._core.release_call()
+        if call is None:
+            return False
+        return self._core.release_done(self._run(call))
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if isinstance(exc, Exception) and self.is_valid:
+                self.record_error(f"{type(exc).__name__}: {exc}")
+            for step in self._core.shutdown_path():
+                self.transition(step)
+        except (LivermoreError, RedisError) as err:
+            logger.warning("graceful shutdown of exchange %s cut short: %s", self.exchange_id, err)
+        finally:
+            try:
+                self.release()
+            except (LivermoreError, RedisError):
+                if exc is None:
+                    raise
+                logger.exception("release of exchange %s failed", self.exchange_id)
+
+
+class _Heartbeat:
+    """One daemon thread per registry renews all its leases; it exits when none is left."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._leases: set[Lease] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def add(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.add(lease)
+            self._stopping = False
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="pylivermore-heartbeat", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def discard(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+        self._wake.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        clock = self._registry._clock
+        while True:
+            with self._lock:
+                if self._stopping or not self._leases:
+                    self._thread = None
+                    return
+                leases = list(self._leases)
+            for lease in leases:
+                c = lease._core
+                if c.lost_reason is None and clock() >= c.next_beat:
+                    self._beat(lease)
+                if c.lost_reason is None and clock() >= c.deadline:
+                    c.lose("deadline")
+                if c.lost_reason is not None:
+                    self.discard(lease)
+            wake = min((lease._core.wake_at() for lease in leases if lease._core.lost_reason is None), default=None)
+            self._wake.wait(None if wake is None else max(0.0, wake - clock()))
+            self._wake.clear()
+
+    def _beat(self, lease: Lease) -> None:
+        c, clock = lease._core, self._registry._clock
+        sent = clock()
+        try:
+            call = c.heartbeat_call(sent)
+            reply = self._registry._run(call, self._registry._beat_client)
+        except LeaseLostError:
+            return
+        except Exception as exc:  # never raise into the caller: a failed beat is retried until the deadline
+            logger.warning("heartbeat of exchange %s failed: %s", lease.exchange_id, exc)
+            c.heartbeat_failed(clock())
+            return
+        try:
+            c.heartbeat_done(reply, sent, clock())
+        except LeaseLostError:
+            pass
+        except Exception as exc:
+            logger.warning("heartbeat of exchange %s got a bad reply: %s", lease.exchange_id, exc)
+            c.heartbeat_failed(clock())

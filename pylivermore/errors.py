@@ -1,0 +1,128 @@
+"""Every exception pylivermore raises on purpose; all derive from :class:`LivermoreError`.
+
+Bad arguments raise plain ``ValueError``/``TypeError`` before any round trip. redis-py's own
+errors (``ConnectionError``, ``TimeoutError``, ``ResponseError``) pass through unchanged.
+Every class keeps its data in ``args`` so that instances pickle and unpickle intact.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import InstanceStatus
+
+
+class LivermoreError(Exception):
+    """Root of every error pylivermore raises on purpose."""
+
+
+class ClaimConflictError(LivermoreError):
+    """The resource is held by another live owner.
+
+    Attributes: ``exchange_id``; ``holder``, the holder's :class:`InstanceStatus` (``None`` if
+    its record could not be decoded); ``ttl``, seconds until the holder's lease runs out unless
+    it renews it.
+    """
+
+    def __init__(self, exchange_id: str, holder: InstanceStatus | None, ttl: float) -> None:
+        super().__init__(exchange_id, holder, ttl)
+        self.exchange_id = exchange_id
+        self.holder = holder
+        self.ttl = ttl
+
+    def __str__(self) -> str:
+        h = self.holder
+        who = (
+            f"{h.hostname} (IP: {h.ip_address or 'unknown'}, connected since {h.connected_at or 'never'}, "
+            f"state {h.connection_state.value}, instance {h.instance_id})"
+            if h is not None
+            else "another instance"
+        )
+        return (
+            f"exchange {self.exchange_id} is already claimed by {who}. Stop that instance first, "
+            f"or wait for its TTL to expire ({self.ttl:.1f} s remaining)."
+        )
+
+
+class LeaseLostError(LivermoreError):
+    """The lease is no longer ours; owner operations are refused without touching Redis.
+
+    ``reason`` is ``"expired"`` (the record ran out or was removed), ``"taken"`` (another owner
+    holds it), ``"deadline"`` (no renewal was acknowledged within ``renew_deadline``: ownership
+    can no longer be assumed) or ``"released"`` (this process released it).
+    """
+
+    def __init__(self, exchange_id: str, reason: str) -> None:
+        super().__init__(exchange_id, reason)
+        self.exchange_id = exchange_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        what = {
+            "expired": "its record expired or was removed",
+            "taken": "another owner holds it now",
+            "deadline": "no heartbeat was acknowledged within the renew deadline",
+            "released": "it was released",
+        }.get(self.reason, self.reason)
+        return (
+            f"the lease on exchange {self.exchange_id} is lost ({what}); stop acting as its owner "
+            "and claim it again if the work must go on"
+        )
+
+
+class InvalidTransitionError(LivermoreError, ValueError):
+    """The state table (or the expected current state) does not allow this transition.
+
+    Attributes: ``exchange_id``, ``current`` (the record's state), ``requested``, and
+    ``expected`` (the compare-and-set state the caller gave, or ``None``).
+    """
+
+    def __init__(self, exchange_id: str, current: str, requested: str, expected: str | None = None) -> None:
+        super().__init__(exchange_id, current, requested, expected)
+        self.exchange_id = exchange_id
+        self.current = current
+        self.requested = requested
+        self.expected = expected
+
+    def __str__(self) -> str:
+        if self.expected is not None and self.expected != self.current:
+            return (
+                f"exchange {self.exchange_id} is in state {self.current!r}, not the expected "
+                f"{self.expected!r}; re-read the status before moving it to {self.requested!r}"
+            )
+        return (
+            f"exchange {self.exchange_id} cannot move from {self.current!r} to {self.requested!r}: "
+            "that edge is not in the state table"
+        )
+
+
+class CorruptStatusError(LivermoreError):
+    """A key of the resource holds something the scripts never write; nothing was changed.
+
+    Attributes: ``key`` and ``detail``. Repair by hand (inspect, then ``DEL``) or with
+    ``force_release`` when the record is a damaged hash.
+    """
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(key, detail)
+        self.key = key
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.detail}; inspect the key, then delete or repair it"
+
+
+class ScriptContractError(LivermoreError):
+    """A script's reply does not match its documented contract (script and wrapper out of step)."""
+
+    def __init__(self, script: str, reply: object) -> None:
+        super().__init__(script, reply)
+        self.script = script
+        self.reply = reply
+
+    def __str__(self) -> str:
+        return (
+            f"unexpected reply from {self.script}: {self.reply!r}; the server runs a script version "
+            "this client does not understand"
+        )

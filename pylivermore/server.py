@@ -1,0 +1,136 @@
+"""A throwaway private ``redis-server`` for demos and tests (not for production).
+
+It runs on a free loopback port with persistence off (``--save "" --appendonly no``), in a
+temporary directory that is removed on stop. The binary is found in this order:
+``$PYLIVERMORE_REDIS_SERVER``, ``redis-server`` then ``valkey-server`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+
+def find_server_binary() -> str | None:
+    """The redis-server binary to use, or ``None`` if none can be found."""
+    explicit = os.environ.get("PYLIVERMORE_REDIS_SERVER")
+    if explicit:
+        return explicit
+    return shutil.which("redis-server") or shutil.which("valkey-server")
+
+
+def _free_port() -> int:
+    # 20000-30000: outside the kernel's ephemeral range, and port+10000 (a cluster bus) stays valid.
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1 between 20000 and 30000")
+
+
+def _version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    m = re.search(r"v=(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+class RedisServer:
+    """A private ``redis-server`` process; use as a context manager or call start()/stop()."""
+
+    def __init__(self, binary: str | None = None, *, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+        found = binary or find_server_binary()
+        if found is None:
+            raise FileNotFoundError(
+                "no redis-server found: install it (apt-get install redis-server) or set PYLIVERMORE_REDIS_SERVER"
+            )
+        self.binary = found
+        self.port = port or _free_port()
+        self.extra_args = list(extra_args)
+        self.version = _version(found)
+        self.dir = tempfile.mkdtemp(prefix="pylivermore-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the server is not running"
+        return self.process.pid
+
+    def command(self) -> list[str]:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--hz", "100", "--logfile", ""]
+        if self.version >= (7, 0):
+            args += ["--enable-debug-command", "local"]
+        return [*args, "--repl-diskless-sync-delay", "0", *self.extra_args]
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {err.strip()}")
+            if self._ping():
+                return self
+            time.sleep(0.005)
+        self.stop()
+        raise TimeoutError(f"redis-server on port {self.port} did not answer PING within {timeout} s")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, *, kill: bool = True) -> None:
+        """Stop the process (SIGKILL by default: nothing is saved anyway)."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+
+    def restart(self) -> None:
+        """Kill and start again on the same port: all data and the script cache are lost."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
