@@ -318,8 +318,10 @@ class _Heartbeat:
 
     def add(self, lease: AsyncLease) -> None:
         self._leases.add(lease)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="pylivermore-heartbeat")
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wake = asyncio.Event()  # an Event binds to the loop that first waits on it
+            self._task = loop.create_task(self._loop(), name="pylivermore-heartbeat")
         self._wake.set()
 
     def discard(self, lease: AsyncLease) -> None:

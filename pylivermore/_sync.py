@@ -208,8 +208,11 @@ class Registry:
         return parse_force_release(self._run(call), keys)
 
     def close(self) -> None:
-        """Stop the background heartbeat (leases stop being renewed; they are not released)."""
+        """Stop the background heartbeat (leases stop being renewed; they are not released)
+        and close the heartbeat's own connections. The client passed in stays open."""
         self._heartbeat.stop()
+        if self._beat_client is not self._client:
+            self._beat_client.close()
 
 
 class Lease:
