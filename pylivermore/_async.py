@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from . import _lease as core
 from ._config import DAY, RegistryConfig
-from ._lease import LeaseCore
+from ._lease import LeaseCore, Schedule
 from ._protocol import Call, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
@@ -312,20 +312,23 @@ class _Heartbeat:
 
     def __init__(self, registry: AsyncRegistry) -> None:
         self._registry = registry
-        self._leases: set[AsyncLease] = set()
+        self._schedule: Schedule[AsyncLease] = Schedule()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._planned = 0.0  # when the loop will wake next (monotonic clock)
 
     def add(self, lease: AsyncLease) -> None:
-        self._leases.add(lease)
+        self._schedule.add(lease, lease._core)
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._wake = asyncio.Event()  # an Event binds to the loop that first waits on it
             self._task = loop.create_task(self._loop(), name="pylivermore-heartbeat")
+        elif lease._core.wake_at() >= self._planned:
+            return  # the loop wakes before this lease needs it
         self._wake.set()
 
     def discard(self, lease: AsyncLease) -> None:
-        self._leases.discard(lease)
+        self._schedule.discard(lease)
         self._wake.set()
 
     async def stop(self) -> None:
@@ -337,17 +340,13 @@ class _Heartbeat:
 
     async def _loop(self) -> None:
         clock = self._registry._clock
-        while self._leases:
-            leases = list(self._leases)
-            for lease in leases:
-                c = lease._core
-                if c.lost_reason is None and clock() >= c.next_beat:
+        while self._schedule:
+            for lease in self._schedule.pop_due(clock()):
+                if lease._core.beat_due(clock()):
                     await self._beat(lease)
-                if c.lost_reason is None and clock() >= c.deadline:
-                    c.lose("deadline")
-                if c.lost_reason is not None:
-                    self._leases.discard(lease)
-            wake = min((lease._core.wake_at() for lease in leases if lease._core.lost_reason is None), default=None)
+                self._schedule.push(lease)
+            wake = self._schedule.next_wake()
+            self._planned = float("inf") if wake is None else wake
             self._wake.clear()
             if wake is not None:
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -22,11 +22,14 @@ without a round trip.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import logging
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from . import _protocol as proto
 from ._keys import Keys
@@ -156,6 +159,12 @@ class LeaseCore:
             self.lose("deadline")
         self.next_beat = now + self.settings.heartbeat_interval / 4
 
+    def beat_due(self, now: float) -> bool:
+        """True when a heartbeat should be sent now; marks the lease lost at its deadline."""
+        if self.lost_reason is None and now >= self.deadline:
+            self.lose("deadline")
+        return self.lost_reason is None and now >= self.next_beat
+
     def wake_at(self) -> float:
         """When the heartbeat loop must next look at this lease (a beat, or the deadline)."""
         return min(self.next_beat, self.deadline)
@@ -279,3 +288,57 @@ def address_args(ip: str | None, country_code: str | None) -> tuple[str, str, st
             raise ValueError(f"country_code must be two letters (ISO 3166-1 alpha-2), not {country_code!r}")
         country_code = country_code.upper()
     return "address", ip or "", country_code or ""
+
+
+T = TypeVar("T")
+
+
+class Schedule(Generic[T]):
+    """The heartbeat loop's agenda: which leases need attention next (a heap on ``wake_at``).
+
+    One loop serves every lease of a registry, so finding the due ones must not cost a pass
+    over all of them. Heap entries go stale when a lease's wake time moves or it is discarded;
+    :meth:`pop_due` re-files or drops those lazily. Not thread-safe: the sync driver locks.
+    """
+
+    def __init__(self) -> None:
+        self._cores: dict[T, LeaseCore] = {}
+        self._heap: list[tuple[float, int, T]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._cores)
+
+    def add(self, item: T, lease_core: LeaseCore) -> None:
+        self._cores[item] = lease_core
+        self.push(item)
+
+    def discard(self, item: T) -> None:
+        self._cores.pop(item, None)
+
+    def push(self, item: T) -> None:
+        """File *item* again after it was handled (no-op once discarded or lost)."""
+        c = self._cores.get(item)
+        if c is not None and c.lost_reason is None:
+            heapq.heappush(self._heap, (c.wake_at(), next(self._seq), item))
+        elif c is not None:
+            del self._cores[item]
+
+    def pop_due(self, now: float) -> list[T]:
+        """Items whose wake time has come; they leave the heap until :meth:`push`."""
+        due: list[T] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, item = heapq.heappop(self._heap)
+            c = self._cores.get(item)
+            if c is None:
+                continue
+            if c.wake_at() > now:
+                heapq.heappush(self._heap, (c.wake_at(), next(self._seq), item))
+            else:
+                due.append(item)
+        return due
+
+    def next_wake(self) -> float | None:
+        while self._heap and self._heap[0][2] not in self._cores:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None

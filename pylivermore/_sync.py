@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from . import _lease as core
 from ._config import DAY, RegistryConfig
-from ._lease import LeaseCore
+from ._lease import LeaseCore, Schedule
 from ._protocol import Call, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
@@ -330,24 +330,27 @@ class _Heartbeat:
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._leases: set[Lease] = set()
+        self._schedule: Schedule[Lease] = Schedule()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._planned = 0.0  # when the loop will wake next (monotonic clock)
 
     def add(self, lease: Lease) -> None:
         with self._lock:
-            self._leases.add(lease)
+            self._schedule.add(lease, lease._core)
             self._stopping = False
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="pylivermore-heartbeat", daemon=True)
                 self._thread.start()
+            elif lease._core.wake_at() >= self._planned:
+                return  # the loop wakes before this lease needs it: spare a thread switch
         self._wake.set()
 
     def discard(self, lease: Lease) -> None:
         with self._lock:
-            self._leases.discard(lease)
+            self._schedule.discard(lease)
         self._wake.set()
 
     def stop(self) -> None:
@@ -362,19 +365,18 @@ class _Heartbeat:
         clock = self._registry._clock
         while True:
             with self._lock:
-                if self._stopping or not self._leases:
+                if self._stopping or not self._schedule:
                     self._thread = None
                     return
-                leases = list(self._leases)
-            for lease in leases:
-                c = lease._core
-                if c.lost_reason is None and clock() >= c.next_beat:
+                due = self._schedule.pop_due(clock())
+            for lease in due:
+                if lease._core.beat_due(clock()):
                     self._beat(lease)
-                if c.lost_reason is None and clock() >= c.deadline:
-                    c.lose("deadline")
-                if c.lost_reason is not None:
-                    self.discard(lease)
-            wake = min((lease._core.wake_at() for lease in leases if lease._core.lost_reason is None), default=None)
+                with self._lock:
+                    self._schedule.push(lease)
+            with self._lock:
+                wake = self._schedule.next_wake()
+                self._planned = float("inf") if wake is None else wake
             self._wake.wait(None if wake is None else max(0.0, wake - clock()))
             self._wake.clear()
 
