@@ -32,8 +32,8 @@ def check_id(exchange_id: int | str) -> str:
     if isinstance(exchange_id, bool) or not isinstance(exchange_id, int | str):
         raise TypeError(f"an exchange id must be an int or a str, not {type(exchange_id).__name__}")
     if isinstance(exchange_id, int):
-        if exchange_id <= 0:
-            raise ValueError(f"invalid exchange id {exchange_id}: integer ids must be positive")
+        if not 0 < exchange_id < 10**64:
+            raise ValueError(f"invalid exchange id {exchange_id}: integer ids must be positive, at most 64 digits")
         return str(exchange_id)
     if not _ID.fullmatch(exchange_id):
         raise ValueError(

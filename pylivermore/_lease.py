@@ -278,6 +278,8 @@ def address_args(ip: str | None, country_code: str | None) -> tuple[str, str, st
             ip = str(ipaddress.ip_address(ip))
         except ValueError:
             raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
+        if "%" in ip:
+            raise ValueError(f"{ip!r} is a scoped IPv6 address: report the address without its %zone")
     if country_code is not None:
         if (
             not isinstance(country_code, str)

@@ -8,7 +8,7 @@ words this module understands; a header check keeps it equal to the Lua headers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
 from dataclasses import dataclass
 
 from ._keys import Keys
@@ -24,6 +24,9 @@ REPLIES: dict[str, frozenset[str]] = {
     "deregister": frozenset({"RELEASED", "EXPIRED", "TAKEN", "CORRUPT"}),
     "force_release": frozenset({"RELEASED", "ABSENT", "CORRUPT"}),
 }
+
+_DIGITS = re.compile(r"[0-9]+")
+_INT = re.compile(r"-?[0-9]+")
 
 #: Reply words meaning "the caller does not own the record", mapped to LeaseLostError reasons.
 LOST = {"EXPIRED": "expired", "TAKEN": "taken"}
@@ -79,13 +82,15 @@ def parse_claim(reply: object, keys: Keys, wire_id: str) -> tuple[int, str]:
     w = words("claim", reply)
     _corrupt(w, keys.status)
     if w[0] == "CONFLICT":
+        if len(w) < 2 or not _INT.fullmatch(w[1]):
+            raise ScriptContractError("claim", reply)
         pttl = int(w[1])
         try:
             holder = decode_status(pairs_to_dict(w[2:]), keys.status)
         except CorruptStatusError:
             holder = None
         raise ClaimConflictError(wire_id, holder, max(pttl, 0) / 1000.0)
-    if len(w) != 3 or not w[1].isdigit():
+    if len(w) != 3 or not _DIGITS.fullmatch(w[1]):
         raise ScriptContractError("claim", reply)
     return int(w[1]), w[2]
 
@@ -134,12 +139,8 @@ def parse_force_release(reply: object, keys: Keys) -> int | None:
     """The removed holder's fencing token, or ``None`` if nobody held the resource."""
     w = words("force_release", reply)
     _corrupt(w, keys.status)
-    return int(w[1]) if w[0] == "RELEASED" else None
-
-
-def holder_ttl(pttl: int) -> float:
-    return max(pttl, 0) / 1000.0
-
-
-def as_list(reply: object) -> Sequence[object]:
-    return reply if isinstance(reply, list | tuple) else []
+    if w[0] == "ABSENT":
+        return None
+    if len(w) != 3 or not _DIGITS.fullmatch(w[1]):
+        raise ScriptContractError("force_release", reply)
+    return int(w[1])

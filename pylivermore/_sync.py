@@ -44,9 +44,9 @@ def default_client_options() -> dict[str, Any]:
 
 def _bounded(client: redis.Redis, timeout: float) -> redis.Redis:
     """A client on the same server whose calls give up after *timeout* and never retry."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)
     if type(pool) is not redis.ConnectionPool:
-        return client  # Sentinel and custom pools cannot be cloned safely: use the client as is.
+        return client  # Cluster, Sentinel and custom pools cannot be cloned safely: use the client as is.
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
