@@ -1,0 +1,258 @@
+"""Plain helpers shared by the contract tests: script calls by raw EVALSHA, argument builders
+that follow the Lua headers, key snapshots, and timestamp checks. Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+
+from pylivermore._keys import Keys
+from pylivermore._scripts import ScriptSpec, load_scripts
+
+TTL_MS = "60000"
+RETENTION_MS = "7776000000"  # 90 days, the library's default
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+BAD_ARGS = "pylivermore bad-args:"  # redis-py strips the leading "ERR " of an error reply
+
+#: The six lifecycle states and the edges of SPEC §2, written out independently of the package.
+STATES = ("idle", "starting", "warming", "active", "stopping", "stopped")
+SPEC_EDGES = frozenset(
+    {
+        ("idle", "starting"),
+        ("starting", "warming"),
+        ("starting", "stopping"),
+        ("starting", "idle"),
+        ("warming", "active"),
+        ("warming", "stopping"),
+        ("warming", "idle"),
+        ("active", "stopping"),
+        ("stopping", "stopped"),
+        ("stopped", "idle"),
+    }
+)
+
+
+def text(reply: Any) -> Any:
+    """A script reply with every bulk string decoded (integers stay integers)."""
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "surrogateescape")
+    if isinstance(reply, list | tuple):
+        return [text(x) for x in reply]
+    return reply
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+class Scripts:
+    """The seven scripts loaded into one server, called by raw EVALSHA (no redis-py Script helper)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.specs: dict[str, ScriptSpec] = dict(load_scripts())
+        self.load()
+
+    def load(self) -> None:
+        for spec in self.specs.values():
+            sha = self.client.script_load(spec.source)
+            assert sha == spec.sha1, f"{spec.name}: SCRIPT LOAD gave {sha}, ScriptSpec.sha1 is {spec.sha1}"
+
+    def raw(self, name: str, numkeys: int, *words: str) -> Any:
+        """EVALSHA with an explicit numkeys (for arity tests); bulk strings decoded."""
+        return text(self.client.evalsha(self.specs[name].sha1, numkeys, *words))
+
+    def __call__(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        return self.raw(name, len(keys), *keys, *args)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource id in one namespace, and its three keys."""
+
+    namespace: str
+    id: str
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace, self.id)
+
+    @property
+    def status(self) -> str:
+        return self.keys.status
+
+    @property
+    def log(self) -> str:
+        return self.keys.log
+
+    @property
+    def fence(self) -> str:
+        return self.keys.fence
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        return (self.status, self.log, self.fence)
+
+    def keys_for(self, script: str) -> list[str]:
+        """KEYS of *script* as its header declares them: status[, log[, fence]]."""
+        return list(self.all[: load_scripts()[script].numkeys])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """DUMP of status, log and fence (None for an absent key), XLEN of the log (None unless it is
+    a stream), and the status key's PTTL (not part of equality: it runs down by itself)."""
+
+    dumps: tuple[bytes | None, ...]
+    xlen: int | None
+    pttl: int = field(compare=False)
+
+
+def take_snapshot(client: redis.Redis, res: Resource) -> Snapshot:
+    dumps = tuple(client.dump(k) for k in res.all)
+    xlen = client.xlen(res.log) if client.type(res.log) == b"stream" else None
+    return Snapshot(dumps, xlen, client.pttl(res.status))
+
+
+def assert_unchanged(before: Snapshot, after: Snapshot) -> None:
+    """Byte-identical keys, no new log entry, and a TTL that was neither refreshed, changed nor removed."""
+    assert after.dumps == before.dumps, "a key of the resource changed"
+    assert after.xlen == before.xlen, "the activity log changed"
+    if before.pttl >= 0:
+        assert 0 <= after.pttl <= before.pttl, f"the lease TTL changed: {before.pttl} ms -> {after.pttl} ms"
+        assert after.pttl > before.pttl - 2000, f"the lease TTL was cut: {before.pttl} ms -> {after.pttl} ms"
+    else:
+        assert after.pttl == before.pttl
+
+
+def hgetall(client: redis.Redis, key: str) -> dict[str, str]:
+    return {text(k): text(v) for k, v in client.hgetall(key).items()}
+
+
+def last_entry(client: redis.Redis, log: str) -> dict[str, str]:
+    """The newest activity-log entry's fields."""
+    entries = client.xrevrange(log, count=1)
+    assert entries, "the activity log is empty"
+    return {text(k): text(v) for k, v in entries[0][1].items()}
+
+
+def server_now(client: redis.Redis) -> datetime:
+    sec, usec = client.time()
+    return datetime.fromtimestamp(sec + usec / 1e6, tz=timezone.utc)
+
+
+def assert_recent_iso(client: redis.Redis, value: str, within: float = 2.0) -> None:
+    """*value* is an ISO-8601 UTC timestamp with milliseconds, close to the server's TIME."""
+    assert ISO.match(value), f"{value!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
+    stamp = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    drift = abs((server_now(client) - stamp).total_seconds())
+    assert drift < within, f"{value} is {drift:.3f} s away from the server's TIME"
+
+
+# -- ARGV builders, in the order of the headers ---------------------------------------------
+
+
+def claim_args(
+    token: str,
+    *,
+    ttl_ms: str = TTL_MS,
+    exchange_id: str = "1",
+    name: str = "Binance",
+    hostname: str = "host-a",
+    instance_id: str = "worker-a",
+    reclaim: str = "0",
+    retention_ms: str = RETENTION_MS,
+) -> list[str]:
+    return [token, ttl_ms, exchange_id, name, hostname, instance_id, reclaim, retention_ms]
+
+
+def heartbeat_args(token: str, ttl_ms: str = TTL_MS) -> list[str]:
+    return [token, ttl_ms]
+
+
+def transition_args(
+    token: str,
+    to: str,
+    *,
+    request_id: str | None = None,
+    expected: str = "",
+    table: str = "",
+    retention_ms: str = RETENTION_MS,
+) -> list[str]:
+    return [token, request_id or new_request_id(), to, expected, table, retention_ms]
+
+
+def update_args(token: str, group: str = "symbols", first: str = "42", second: str = "") -> list[str]:
+    return [token, group, first, second]
+
+
+def record_error_args(
+    token: str, message: str = "socket closed", *, request_id: str | None = None, retention_ms: str = RETENTION_MS
+) -> list[str]:
+    return [token, request_id or new_request_id(), message, retention_ms]
+
+
+def deregister_args(token: str, *, request_id: str | None = None, retention_ms: str = RETENTION_MS) -> list[str]:
+    return [token, request_id or new_request_id(), retention_ms]
+
+
+def force_release_args(
+    reason: str = "stuck worker", operator: str = "ops@example.com", retention_ms: str = RETENTION_MS
+) -> list[str]:
+    return [reason, operator, retention_ms]
+
+
+def valid_args(script: str, token: str) -> list[str]:
+    """A well-formed ARGV for *script* that the owner of *token* may send (a record in ``idle``)."""
+    builders: dict[str, Callable[[], list[str]]] = {
+        "claim": lambda: claim_args(token),
+        "heartbeat": lambda: heartbeat_args(token),
+        "transition": lambda: transition_args(token, "starting"),
+        "update": lambda: update_args(token),
+        "record_error": lambda: record_error_args(token),
+        "deregister": lambda: deregister_args(token),
+        "force_release": force_release_args,
+    }
+    return builders[script]()
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A claimed resource: the owner's secret token and the fencing token it got."""
+
+    res: Resource
+    token: str
+    fencing_token: int
+    instance_id: str
+
+
+def client_commands(watcher: redis.Redis, action: Callable[[], object]) -> tuple[list[str], list[str]]:
+    """Run *action* under MONITOR; return (commands sent by clients, commands run inside scripts).
+
+    *watcher* must be a client of the same server that *action* does not use: its own commands
+    (the end marker, and a HELLO if it opens a connection) are left out.
+    """
+    marker = "contract-end-" + secrets.token_hex(4)
+    seen: list[dict[str, Any]] = []
+    with watcher.monitor() as monitor:
+        action()
+        watcher.echo(marker)
+        while True:
+            cmd = monitor.next_command()
+            if cmd["client_type"] != "lua" and cmd["command"] == f"ECHO {marker}":
+                watcher_port = cmd["client_port"]
+                break
+            seen.append(cmd)
+    sent = [c["command"] for c in seen if c["client_type"] != "lua" and c["client_port"] != watcher_port]
+    inside = [c["command"] for c in seen if c["client_type"] == "lua"]
+    return sent, inside
