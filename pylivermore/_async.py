@@ -148,7 +148,9 @@ class AsyncRegistry:
 
     async def _resolve(self, lease: AsyncLease) -> None:
         try:
-            result = self._resolver()
+            resolver = self._resolver
+            # A plain resolver may block (it may do network I/O): keep it off the event loop.
+            result = resolver() if inspect.iscoroutinefunction(resolver) else await asyncio.to_thread(resolver)
             address = await result if inspect.isawaitable(result) else result
             if address is not None:
                 await lease.set_address(address.ip, address.country_code)
