@@ -17,12 +17,12 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from . import _lease as core
 from ._config import DAY, RegistryConfig
+from ._config import client_options as _client_options
 from ._lease import LeaseCore, Schedule
 from ._protocol import Call, parse_force_release
 from ._scripts import load_scripts
@@ -32,16 +32,6 @@ from .models import ActivityEntry, InstanceStatus
 from .resolver import AsyncResolver, no_address
 
 logger = logging.getLogger("pylivermore.heartbeat")
-
-
-def default_client_options() -> dict[str, Any]:
-    """What :meth:`AsyncRegistry.from_url` passes to redis-py unless told otherwise."""
-    return {
-        "socket_timeout": 5.0,
-        "socket_connect_timeout": 5.0,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        "health_check_interval": 30,
-    }
 
 
 class AsyncRegistry:
@@ -87,7 +77,7 @@ class AsyncRegistry:
     @classmethod
     def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> AsyncRegistry:
         """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy."""
-        client = aredis.Redis.from_url(url, **{**default_client_options(), **(client_options or {})})
+        client = aredis.Redis.from_url(url, **{**_client_options(Retry), **(client_options or {})})
         return cls(client, **options)
 
     @property

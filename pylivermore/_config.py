@@ -7,8 +7,11 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from redis.backoff import ExponentialBackoff
 
 from . import _protocol as proto
 from ._keys import Keys, check_id, check_namespace, status_pattern
@@ -22,6 +25,17 @@ logger = logging.getLogger("pylivermore.registry")
 #: ``maxmemory-policy`` values under which Redis never evicts a lease key.
 SAFE_POLICIES = frozenset({"noeviction"})
 DAY = 86400.0
+
+
+def client_options(retry_class: Callable[..., Any]) -> dict[str, Any]:
+    """What ``from_url`` passes to redis-py unless told otherwise: bounded socket timeouts and a
+    short retry policy (redis-py's default, 10 retries of 5 s timeouts, outlasts any lease)."""
+    return {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "retry": retry_class(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "health_check_interval": 30,
+    }
 
 
 def _seconds(name: str, value: float) -> float:

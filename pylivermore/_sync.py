@@ -14,13 +14,14 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from . import _lease as core
 from ._config import DAY, RegistryConfig
+from ._config import client_options as _client_options
 from ._lease import LeaseCore, Schedule
 from ._protocol import Call, parse_force_release
 from ._scripts import load_scripts
@@ -30,16 +31,6 @@ from .models import ActivityEntry, InstanceStatus
 from .resolver import Resolver, no_address
 
 logger = logging.getLogger("pylivermore.heartbeat")
-
-
-def default_client_options() -> dict[str, Any]:
-    """What :meth:`Registry.from_url` passes to redis-py unless told otherwise."""
-    return {
-        "socket_timeout": 5.0,
-        "socket_connect_timeout": 5.0,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        "health_check_interval": 30,
-    }
 
 
 def _bounded(client: redis.Redis, timeout: float) -> redis.Redis:
@@ -108,7 +99,7 @@ class Registry:
     @classmethod
     def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> Registry:
         """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy."""
-        client = redis.Redis.from_url(url, **{**default_client_options(), **(client_options or {})})
+        client = redis.Redis.from_url(url, **{**_client_options(Retry), **(client_options or {})})
         return cls(client, **options)
 
     @property
