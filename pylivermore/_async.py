@@ -194,14 +194,17 @@ class AsyncLease:
         self._registry = registry
         self._core = lease_core
         self._clock = registry._clock
-        if on_lost is not None:
+        self._on_lost = on_lost
+        self._guards: set[_LossGuard] = set()
+        lease_core.on_lost = self._fire
 
-            def fire() -> None:
-                result = on_lost(self)
-                if inspect.isawaitable(result):
-                    registry._spawn(result)
-
-            lease_core.on_lost = fire
+    def _fire(self) -> None:
+        for guard in list(self._guards):
+            guard.cancel()
+        if self._on_lost is not None:
+            result = self._on_lost(self)
+            if inspect.isawaitable(result):
+                self._registry._spawn(result)
 
     def __repr__(self) -> str:
         return f"<AsyncLease exchange={self.exchange_id} fencing_token={self.fencing_token} state={self.state.value}>"
@@ -231,6 +234,17 @@ class AsyncLease:
     @property
     def lost_reason(self) -> str | None:
         return self._core.lost_reason
+
+    def ensure_held(self) -> None:
+        """Raise :class:`~pylivermore.LeaseLostError` if the lease is lost or its local deadline
+        has passed (no round trip). Call it before each step that needs ownership."""
+        self._core.check(self._clock())
+
+    def guard(self) -> _LossGuard:
+        """``async with lease.guard():`` runs the block while the lease is held: if the lease is
+        lost meanwhile, the task running the block is cancelled and the block ends with
+        :class:`~pylivermore.LeaseLostError` (like ``asyncio.timeout`` for ownership)."""
+        return _LossGuard(self)
 
     async def _run(self, call: Call) -> Any:
         return await self._registry._run(call)
@@ -297,6 +311,36 @@ class AsyncLease:
                 if exc is None:
                     raise
                 logger.exception("release of exchange %s failed", self.exchange_id)
+
+
+class _LossGuard:
+    """The context manager of :meth:`AsyncLease.guard`."""
+
+    def __init__(self, lease: AsyncLease) -> None:
+        self._lease = lease
+        self._task: asyncio.Task[Any] | None = None
+        self._fired = False
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._fired:
+            self._fired = True
+            self._task.cancel()
+
+    async def __aenter__(self) -> AsyncLease:
+        self._lease.ensure_held()
+        self._task = asyncio.current_task()
+        if self._task is None:
+            raise RuntimeError("lease.guard() must be used inside an asyncio task")
+        self._lease._guards.add(self)
+        return self._lease
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._lease._guards.discard(self)
+        if self._fired and self._task is not None and self._task.uncancel() == 0 and exc_type is asyncio.CancelledError:
+            reason = self._lease.lost_reason or "deadline"
+            raise LeaseLostError(self._lease.exchange_id, reason) from exc
 
 
 class _Heartbeat:

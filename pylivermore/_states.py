@@ -20,7 +20,7 @@ import enum
 from collections.abc import Iterable, Mapping
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """The six lifecycle states of a resource's owner."""
 
     IDLE = "idle"
@@ -29,9 +29,6 @@ class State(str, enum.Enum):
     ACTIVE = "active"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: The seed's state table: for each state, the states it may move to.

@@ -250,6 +250,11 @@ class Lease:
     def lost_reason(self) -> str | None:
         return self._core.lost_reason
 
+    def ensure_held(self) -> None:
+        """Raise :class:`~pylivermore.LeaseLostError` if the lease is lost or its local deadline
+        has passed (no round trip). Call it before each step that needs ownership."""
+        self._core.check(self._clock())
+
     def _run(self, call: Call) -> Any:
         return self._registry._run(call)
 

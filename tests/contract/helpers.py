@@ -7,7 +7,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -148,13 +148,13 @@ def last_entry(client: redis.Redis, log: str) -> dict[str, str]:
 
 def server_now(client: redis.Redis) -> datetime:
     sec, usec = client.time()
-    return datetime.fromtimestamp(sec + usec / 1e6, tz=timezone.utc)
+    return datetime.fromtimestamp(sec + usec / 1e6, tz=UTC)
 
 
 def assert_recent_iso(client: redis.Redis, value: str, within: float = 2.0) -> None:
     """*value* is an ISO-8601 UTC timestamp with milliseconds, close to the server's TIME."""
     assert ISO.match(value), f"{value!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
-    stamp = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    stamp = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     drift = abs((server_now(client) - stamp).total_seconds())
     assert drift < within, f"{value} is {drift:.3f} s away from the server's TIME"
 
