@@ -13,11 +13,13 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import NamedTuple
 
 
 def find_server_binary() -> str | None:
@@ -47,10 +49,30 @@ def _version(binary: str) -> tuple[int, ...]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+class TLSFiles(NamedTuple):
+    """PEM files for a TLS-only server: its certificate chain, its key, and the CA that signed it."""
+
+    cert: str
+    key: str
+    ca: str
+
+
+def _pong(s: socket.socket) -> bool:
+    s.sendall(b"PING\r\n")
+    return s.recv(64).startswith(b"+PONG")
+
+
 class RedisServer:
     """A private ``redis-server`` process; use as a context manager or call start()/stop()."""
 
-    def __init__(self, binary: str | None = None, *, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        tls: TLSFiles | None = None,
+    ) -> None:
         found = binary or find_server_binary()
         if found is None:
             raise FileNotFoundError(
@@ -59,13 +81,14 @@ class RedisServer:
         self.binary = found
         self.port = port or _free_port()
         self.extra_args = list(extra_args)
+        self.tls = tls
         self.version = _version(found)
         self.dir = tempfile.mkdtemp(prefix="pylivermore-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -73,7 +96,12 @@ class RedisServer:
         return self.process.pid
 
     def command(self) -> list[str]:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        args = [self.binary, "--bind", "127.0.0.1", "--dir", self.dir]
+        if self.tls is None:
+            args += ["--port", str(self.port)]
+        else:  # TLS only: the plaintext port is closed
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert]
+            args += ["--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca, "--tls-auth-clients", "no"]
         args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--hz", "100", "--logfile", ""]
         if self.version >= (7, 0):
             args += ["--enable-debug-command", "local"]
@@ -94,9 +122,12 @@ class RedisServer:
 
     def _ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                if self.tls is None:
+                    return _pong(raw)
+                context = ssl.create_default_context(cafile=self.tls.ca)
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    return _pong(s)
         except OSError:
             return False
 
