@@ -3,6 +3,8 @@
 It runs on a free loopback port with persistence off (``--save "" --appendonly no``), in a
 temporary directory that is removed on stop. The binary is found in this order:
 ``$PYLIVERMORE_REDIS_SERVER``, ``redis-server`` then ``valkey-server`` on ``PATH``.
+``$PYLIVERMORE_REDIS_ARGS`` adds flags to every server (the test suite uses it to run
+everything under least-privilege ACL users, see :mod:`pylivermore.acl`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -58,8 +61,10 @@ class TLSFiles(NamedTuple):
 
 
 def _pong(s: socket.socket) -> bool:
+    """True once the server answers commands (an authentication error counts: it is up)."""
     s.sendall(b"PING\r\n")
-    return s.recv(64).startswith(b"+PONG")
+    reply = s.recv(64)
+    return reply.startswith((b"+PONG", b"-NOAUTH", b"-NOPERM"))
 
 
 class RedisServer:
@@ -91,6 +96,10 @@ class RedisServer:
         return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "redis.log")
+
+    @property
     def pid(self) -> int:
         assert self.process is not None, "the server is not running"
         return self.process.pid
@@ -102,10 +111,11 @@ class RedisServer:
         else:  # TLS only: the plaintext port is closed
             args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert]
             args += ["--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca, "--tls-auth-clients", "no"]
-        args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--hz", "100", "--logfile", ""]
+        args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--hz", "100", "--logfile", self.log_path]
         if self.version >= (7, 0):
             args += ["--enable-debug-command", "local"]
-        return [*args, "--repl-diskless-sync-delay", "0", *self.extra_args]
+        from_env = shlex.split(os.environ.get("PYLIVERMORE_REDIS_ARGS", ""))
+        return [*args, "--repl-diskless-sync-delay", "0", *from_env, *self.extra_args]
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -113,7 +123,15 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {err.strip()}")
+                try:
+                    with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                        err += "".join(fh.readlines()[-5:])
+                except OSError:
+                    pass
+                if self.process.stderr:
+                    self.process.stderr.close()
+                self.process = None
+                raise RuntimeError(f"redis-server exited with an error: {err.strip()}")
             if self._ping():
                 return self
             time.sleep(0.005)
