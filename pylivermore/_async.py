@@ -393,7 +393,8 @@ class _Heartbeat:
         sent = clock()
         try:
             call = c.heartbeat_call(sent)
-            reply = await asyncio.wait_for(self._registry._run(call), self._registry._config.heartbeat_timeout)
+            budget = min(self._registry._config.heartbeat_timeout, max(c.deadline - sent, 0.001))
+            reply = await asyncio.wait_for(self._registry._run(call), budget)
         except LeaseLostError:
             return
         except Exception as exc:  # never raise into the caller: a failed beat is retried until the deadline

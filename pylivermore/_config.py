@@ -33,8 +33,9 @@ def client_options(retry_class: Callable[..., Any]) -> dict[str, Any]:
     return {
         "socket_timeout": 5.0,
         "socket_connect_timeout": 5.0,
+        # No health_check_interval: its PING is retried inside each command's retries, which
+        # multiplies the attempts (and the time a call can block on a slow link).
         "retry": retry_class(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        "health_check_interval": 30,
     }
 
 
@@ -113,7 +114,13 @@ class RegistryConfig:
         )
         # Each heartbeat attempt is bounded so that a slow or unreachable server cannot hold
         # the loop past the deadline (a client's own retry policy is not used for heartbeats).
-        self.heartbeat_timeout = min(self.heartbeat_interval / 2, (self.renew_deadline - self.heartbeat_interval) / 2)
+        # Bounded also by half the margin ttl - renew_deadline, so that a loss noticed at the end of
+        # a blocked attempt is still reported before the server can expire the record.
+        self.heartbeat_timeout = min(
+            self.heartbeat_interval / 2,
+            (self.renew_deadline - self.heartbeat_interval) / 2,
+            (self.ttl - self.renew_deadline) / 2,
+        )
 
     def keys(self, exchange_id: int | str) -> tuple[str, Keys]:
         wire_id = check_id(exchange_id)
