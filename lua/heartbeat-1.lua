@@ -13,7 +13,7 @@
            {"TAKEN", fencing_token}   another owner holds the record; nothing written
            {"CORRUPT", reason}   the key holds something this contract never writes; nothing written
   Errors   "ERR pylivermore bad-args: <what>"   a caller bug; nothing written
-  Writes   status (HSET lastHeartbeat, PEXPIRE)
+  Writes   status (PEXPIRE, then HSET lastHeartbeat)
   Time     server TIME (lastHeartbeat)
   Requires Redis >= 6.2
 ]]
@@ -60,6 +60,8 @@ local function iso(s, us)
     math.floor(rem / 3600), math.floor(rem / 60) % 60, rem % 60, math.floor(us / 1000))
 end
 local now = iso(sec, usec)
-rcall('HSET', status, 'lastHeartbeat', now)
+-- PEXPIRE first: it needs no memory, so under maxmemory/noeviction the renewal (and, being
+-- no longer the first write, the HSET) still goes through instead of failing with OOM.
 rcall('PEXPIRE', status, ttl)
+rcall('HSET', status, 'lastHeartbeat', now)
 return {'RENEWED', now}

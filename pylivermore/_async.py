@@ -322,7 +322,9 @@ class _LossGuard:
         self._fired = False
 
     def cancel(self) -> None:
-        if self._task is not None and not self._fired:
+        # When the guarded task itself noticed the loss (its own call raised), it is already
+        # unwinding with LeaseLostError: cancelling it too would leave a stray cancellation.
+        if self._task is not None and not self._fired and self._task is not asyncio.current_task():
             self._fired = True
             self._task.cancel()
 
