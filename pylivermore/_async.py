@@ -23,8 +23,8 @@ from redis.exceptions import RedisError, ResponseError
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
-from ._lease import LeaseCore, Schedule
-from ._protocol import Call, parse_force_release
+from ._lease import BATCH, LeaseCore, Schedule, plan_beats, settle_beats
+from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LeaseLostError, LivermoreError
@@ -90,6 +90,25 @@ class AsyncRegistry:
 
     async def _run(self, call: Call) -> Any:
         return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
+
+    async def _run_batch(self, calls: list[Call]) -> list[Any]:
+        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            sha, numkeys, rest = evalsha_args(call)
+            pipe.evalsha(sha, numkeys, *rest)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = noscript_indexes(replies)
+        if missing:  # the script cache was flushed: load and send those calls again, once
+            for name in {calls[i].script for i in missing}:
+                await self._client.script_load(load_scripts()[name].source)
+            pipe = self._client.pipeline(transaction=False)
+            for i in missing:
+                sha, numkeys, rest = evalsha_args(calls[i])
+                pipe.evalsha(sha, numkeys, *rest)
+            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        return replies
 
     def _spawn(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
@@ -377,11 +396,21 @@ class _Heartbeat:
                 await task
 
     async def _loop(self) -> None:
-        clock = self._registry._clock
+        clock, registry = self._registry._clock, self._registry
         while self._schedule:
-            for lease in self._schedule.pop_due(clock()):
-                if lease._core.beat_due(clock()):
-                    await self._beat(lease)
+            due = self._schedule.pop_due(clock())
+            planned = plan_beats(due, _core_of, clock())
+            for start in range(0, len(planned), BATCH):
+                chunk = planned[start : start + BATCH]
+                sent = clock()
+                # Bounded: no retry policy or slow server may hold a renewal past the deadline.
+                budget = min(registry._config.heartbeat_timeout, max(min(c.deadline for c, _ in chunk) - sent, 0.001))
+                try:
+                    replies = await asyncio.wait_for(registry._run_batch([call for _, call in chunk]), budget)
+                except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
+                    replies = [exc] * len(chunk)
+                settle_beats(chunk, replies, sent, clock())
+            for lease in due:
                 self._schedule.push(lease)
             wake = self._schedule.next_wake()
             self._planned = float("inf") if wake is None else wake
@@ -390,23 +419,6 @@ class _Heartbeat:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.0, wake - clock()))
 
-    async def _beat(self, lease: AsyncLease) -> None:
-        c, clock = lease._core, self._registry._clock
-        sent = clock()
-        try:
-            call = c.heartbeat_call(sent)
-            budget = min(self._registry._config.heartbeat_timeout, max(c.deadline - sent, 0.001))
-            reply = await asyncio.wait_for(self._registry._run(call), budget)
-        except LeaseLostError:
-            return
-        except Exception as exc:  # never raise into the caller: a failed beat is retried until the deadline
-            logger.warning("heartbeat of exchange %s failed: %r", lease.exchange_id, exc)
-            c.heartbeat_failed(clock())
-            return
-        try:
-            c.heartbeat_done(reply, sent, clock())
-        except LeaseLostError:
-            pass
-        except Exception as exc:
-            logger.warning("heartbeat of exchange %s got a bad reply: %s", lease.exchange_id, exc)
-            c.heartbeat_failed(clock())
+
+def _core_of(lease: AsyncLease) -> LeaseCore:
+    return lease._core

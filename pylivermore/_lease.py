@@ -28,7 +28,7 @@ import itertools
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from . import _protocol as proto
@@ -344,3 +344,37 @@ class Schedule(Generic[T]):
         while self._heap and self._heap[0][2] not in self._cores:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
+
+
+#: Heartbeats of one registry go out in pipelines of at most this many calls.
+BATCH = 256
+
+
+#: Heartbeats planned for one batch: each lease's core with its call.
+Planned = list[tuple[LeaseCore, proto.Call]]
+
+
+def plan_beats(items: Iterable[T], core_of: Callable[[T], LeaseCore], now: float) -> Planned:
+    """The heartbeat calls due now among *items* (leases whose turn has come)."""
+    planned: Planned = []
+    for item in items:
+        c = core_of(item)
+        if c.beat_due(now):
+            planned.append((c, proto.heartbeat_call(c.keys, c.token, c.settings.ttl_ms)))
+    return planned
+
+
+def settle_beats(planned: Planned, replies: Sequence[object], sent: float, now: float) -> None:
+    """Apply a batch of heartbeat replies (or the exception that stood for each); never raises."""
+    for (c, _), reply in zip(planned, replies, strict=True):
+        if isinstance(reply, BaseException):
+            logger.warning("heartbeat of exchange %s failed: %r", c.exchange_id, reply)
+            c.heartbeat_failed(now)
+            continue
+        try:
+            c.heartbeat_done(reply, sent, now)
+        except LeaseLostError:
+            pass
+        except Exception as exc:
+            logger.warning("heartbeat of exchange %s got a bad reply: %s", c.exchange_id, exc)
+            c.heartbeat_failed(now)

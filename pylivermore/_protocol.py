@@ -9,9 +9,11 @@ words this module understands; a header check keeps it equal to the Lua headers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._keys import Keys
+from ._scripts import load_scripts
 from .errors import ClaimConflictError, CorruptStatusError, ScriptContractError
 from .models import decode_status, pairs_to_dict
 
@@ -39,6 +41,16 @@ class Call:
     script: str
     keys: tuple[str, ...]
     args: tuple[str, ...]
+
+
+def evalsha_args(call: Call) -> tuple[str, int, tuple[str, ...]]:
+    """``EVALSHA`` arguments of *call* (for pipelines): sha1, numkeys, then keys and args."""
+    return load_scripts()[call.script].sha1, len(call.keys), (*call.keys, *call.args)
+
+
+def noscript_indexes(replies: Sequence[object]) -> list[int]:
+    """Positions of the pipelined replies that failed with NOSCRIPT (the script did not run)."""
+    return [i for i, r in enumerate(replies) if isinstance(r, Exception) and str(r).startswith("No matching script")]
 
 
 def words(script: str, reply: object) -> list[str]:

@@ -22,11 +22,11 @@ from redis.retry import Retry
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
-from ._lease import LeaseCore, Schedule
-from ._protocol import Call, parse_force_release
+from ._lease import BATCH, LeaseCore, Schedule, plan_beats, settle_beats
+from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
-from .errors import LeaseLostError, LivermoreError
+from .errors import LivermoreError
 from .models import ActivityEntry, InstanceStatus
 from .resolver import Resolver, no_address
 
@@ -112,6 +112,25 @@ class Registry:
 
     def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
         return self._scripts[call.script](keys=call.keys, args=call.args, client=client or self._client)
+
+    def _run_batch(self, calls: list[Call], client: redis.Redis) -> list[Any]:
+        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            sha, numkeys, rest = evalsha_args(call)
+            pipe.evalsha(sha, numkeys, *rest)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        missing = noscript_indexes(replies)
+        if missing:  # the script cache was flushed: load and send those calls again, once
+            for name in {calls[i].script for i in missing}:
+                client.script_load(load_scripts()[name].source)
+            pipe = client.pipeline(transaction=False)
+            for i in missing:
+                sha, numkeys, rest = evalsha_args(calls[i])
+                pipe.evalsha(sha, numkeys, *rest)
+            for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        return replies
 
     def _check_server(self) -> None:
         if self._checked:
@@ -358,40 +377,30 @@ class _Heartbeat:
             thread.join(timeout=5)
 
     def _loop(self) -> None:
-        clock = self._registry._clock
+        clock, registry = self._registry._clock, self._registry
         while True:
             with self._lock:
                 if self._stopping or not self._schedule:
                     self._thread = None
                     return
                 due = self._schedule.pop_due(clock())
-            for lease in due:
-                if lease._core.beat_due(clock()):
-                    self._beat(lease)
-                with self._lock:
-                    self._schedule.push(lease)
+            planned = plan_beats(due, _core_of, clock())
+            for start in range(0, len(planned), BATCH):
+                chunk = planned[start : start + BATCH]
+                sent = clock()
+                try:
+                    replies = registry._run_batch([call for _, call in chunk], registry._beat_client)
+                except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
+                    replies = [exc] * len(chunk)
+                settle_beats(chunk, replies, sent, clock())
             with self._lock:
+                for lease in due:
+                    self._schedule.push(lease)
                 wake = self._schedule.next_wake()
                 self._planned = float("inf") if wake is None else wake
             self._wake.wait(None if wake is None else max(0.0, wake - clock()))
             self._wake.clear()
 
-    def _beat(self, lease: Lease) -> None:
-        c, clock = lease._core, self._registry._clock
-        sent = clock()
-        try:
-            call = c.heartbeat_call(sent)
-            reply = self._registry._run(call, self._registry._beat_client)
-        except LeaseLostError:
-            return
-        except Exception as exc:  # never raise into the caller: a failed beat is retried until the deadline
-            logger.warning("heartbeat of exchange %s failed: %s", lease.exchange_id, exc)
-            c.heartbeat_failed(clock())
-            return
-        try:
-            c.heartbeat_done(reply, sent, clock())
-        except LeaseLostError:
-            pass
-        except Exception as exc:
-            logger.warning("heartbeat of exchange %s got a bad reply: %s", lease.exchange_id, exc)
-            c.heartbeat_failed(clock())
+
+def _core_of(lease: Lease) -> LeaseCore:
+    return lease._core
