@@ -120,10 +120,10 @@ class AsyncRegistry:
             return
         self._checked = True
         try:
-            try:
-                policy = (await self._client.config_get("maxmemory-policy")).get("maxmemory-policy")
-            except ResponseError:  # CONFIG may be denied by an ACL; INFO is often allowed.
+            try:  # INFO first: least-privilege users have it (pylivermore.acl), CONFIG they do not
                 policy = (await self._client.info("memory")).get("maxmemory_policy")
+            except ResponseError:
+                policy = (await self._client.config_get("maxmemory-policy")).get("maxmemory-policy")
         except RedisError as exc:
             logger.debug("could not read maxmemory-policy: %s", exc)
             return

@@ -14,9 +14,27 @@ import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from pylivermore import acl
 from pylivermore.server import RedisServer, find_server_binary
 
 HERE = Path(__file__).parent
+
+#: Every private server of the suite gets two users: ``default``, the least-privilege worker
+#: (exactly ``pylivermore.acl.WORKER_COMMANDS``, on every key so that tests may pick their
+#: namespace), which every client without credentials uses, the library's included; and
+#: ``admin``, for the tests' own setup and inspection (DUMP, CONFIG, DEBUG, SCRIPT FLUSH ...).
+#: Set PYLIVERMORE_TEST_ACL=0 to run without users.
+ADMIN_USER, ADMIN_PASSWORD = "admin", "pylivermore-test-admin"
+ACL_ARGS = " ".join(
+    [
+        "--user default on nopass resetkeys ~* resetchannels -@all",
+        *(f"+{c}" for c in acl.WORKER_COMMANDS),
+        f"--user {ADMIN_USER} on >{ADMIN_PASSWORD} ~* &* +@all",
+    ]
+)
+ACL_MODE = os.environ.get("PYLIVERMORE_TEST_ACL", "1") != "0"
+if ACL_MODE:
+    os.environ["PYLIVERMORE_REDIS_ARGS"] = ACL_ARGS  # inherited by subprocesses that start servers
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,12 +74,26 @@ def make_client(server: RedisServer, **kwargs: object) -> redis.Redis:
     return redis.Redis.from_url(server.url, **options)  # type: ignore[arg-type]
 
 
+def make_admin_client(server: RedisServer, **kwargs: object) -> redis.Redis:
+    """A client with every right, for a test's own setup and inspection."""
+    if ACL_MODE:
+        kwargs = {"username": ADMIN_USER, "password": ADMIN_PASSWORD, **kwargs}
+    return make_client(server, **kwargs)
+
+
 def make_async_client(server: RedisServer, **kwargs: object) -> aredis.Redis:
     from redis.asyncio.retry import Retry as AsyncRetry
 
     options: dict[str, object] = {"socket_timeout": 5.0, "retry": AsyncRetry(NoBackoff(), 0)}
     options.update(kwargs)
     return aredis.Redis.from_url(server.url, **options)  # type: ignore[arg-type]
+
+
+def make_async_admin_client(server: RedisServer, **kwargs: object) -> aredis.Redis:
+    """An asyncio client with every right, for a test's own setup and inspection."""
+    if ACL_MODE:
+        kwargs = {"username": ADMIN_USER, "password": ADMIN_PASSWORD, **kwargs}
+    return make_async_client(server, **kwargs)
 
 
 @pytest.fixture
@@ -77,7 +109,23 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def admin(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """An all-rights client on the session server, for setup and inspection."""
+    c = make_admin_client(redis_server)
+    yield c
+    c.close()
+
+
+@pytest.fixture
 async def aclient(redis_server: RedisServer) -> AsyncIterator[aredis.Redis]:
     c = make_async_client(redis_server)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+async def aadmin(redis_server: RedisServer) -> AsyncIterator[aredis.Redis]:
+    """An all-rights asyncio client on the session server, for setup and inspection."""
+    c = make_async_admin_client(redis_server)
     yield c
     await c.aclose()

@@ -92,20 +92,21 @@ async def await_until(predicate: Callable[[], Awaitable[object]], timeout: float
     return True
 
 
-def wait_for_beat(client: redis.Redis, key: str) -> float:
-    """Wait for the next renewal of *key*; return when it was seen (monotonic clock)."""
-    first = client.hget(key, "lastHeartbeat")
+def wait_for_beat(admin: redis.Redis, key: str) -> float:
+    """Wait for the next renewal of *key*; return when it was seen (monotonic clock). *admin* must
+    be allowed HGET (the worker is not)."""
+    first = admin.hget(key, "lastHeartbeat")
     assert first is not None, f"{key} does not exist"
-    assert wait_until(lambda: client.hget(key, "lastHeartbeat") not in (None, first), HB + 1.0), "no heartbeat"
+    assert wait_until(lambda: admin.hget(key, "lastHeartbeat") not in (None, first), HB + 1.0), "no heartbeat"
     return time.monotonic()
 
 
-async def await_beat(client: aredis.Redis, key: str) -> float:
-    first = await client.hget(key, "lastHeartbeat")
+async def await_beat(admin: aredis.Redis, key: str) -> float:
+    first = await admin.hget(key, "lastHeartbeat")
     assert first is not None, f"{key} does not exist"
 
     async def changed() -> bool:
-        return await client.hget(key, "lastHeartbeat") not in (None, first)
+        return await admin.hget(key, "lastHeartbeat") not in (None, first)
 
     assert await await_until(changed, HB + 1.0), "no heartbeat"
     return time.monotonic()
@@ -132,6 +133,7 @@ def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
 
 @pytest.fixture
 def direct(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A worker client straight to the server (no proxy), for contenders; inspection uses ``admin``."""
     c = make_client(redis_server)
     yield c
     c.close()
@@ -176,7 +178,7 @@ def check_n1_timeline(cut: float, seen: float, expires: float, invalid_at: float
 
 @pytest.mark.parametrize("policy", ["off", "default"])
 def test_n1_blackhole_owner_gives_up_before_ttl_sync(
-    proxy: FaultProxy, direct: redis.Redis, namespace: str, policy: str
+    proxy: FaultProxy, direct: redis.Redis, admin: redis.Redis, namespace: str, policy: str
 ) -> None:
     """N1 (sync). Expected: with the owner partitioned, its heartbeats time out and it declares
     the loss (on_lost once, reason "deadline") by last acknowledged send + renew_deadline (+ one
@@ -192,11 +194,11 @@ def test_n1_blackhole_owner_gives_up_before_ttl_sync(
     lost: Lost = []
     try:
         lease = owner.claim(1, "Binance", on_lost=recorder(lost))
-        seen = wait_for_beat(direct, keys.status)
+        seen = wait_for_beat(admin, keys.status)
         time.sleep(0.05)  # let that heartbeat's acknowledgement through
         proxy.blackhole()
         cut = time.monotonic()
-        expires = expiry(direct, keys.status)
+        expires = expiry(admin, keys.status)
         invalid_at: float | None = None
         new: Lease | None = None
         end = cut + TTL + 2.0
@@ -215,7 +217,7 @@ def test_n1_blackhole_owner_gives_up_before_ttl_sync(
         assert new.fencing_token > lease.fencing_token
 
         proxy.pass_through()  # heal
-        dump, xlen, sent = direct.dump(keys.status), direct.xlen(keys.log), proxy.bytes_up
+        dump, xlen, sent = admin.dump(keys.status), admin.xlen(keys.log), proxy.bytes_up
         started = time.monotonic()
         for call in (lambda: lease.transition("starting"), lambda: lease.set_symbol_count(5), lease.heartbeat):
             with pytest.raises(LeaseLostError) as info:
@@ -227,9 +229,9 @@ def test_n1_blackhole_owner_gives_up_before_ttl_sync(
         time.sleep(2 * HB)
         assert proxy.bytes_up == sent, "the lost lease still sent something (a round trip or a heartbeat)"
         assert lease.release() is False  # token-checked deregister: TAKEN
-        assert direct.dump(keys.status) == dump
-        assert direct.xlen(keys.log) == xlen
-        assert direct.pttl(keys.status) > 20_000, "the contender's TTL was cut by the old owner"
+        assert admin.dump(keys.status) == dump
+        assert admin.xlen(keys.log) == xlen
+        assert admin.pttl(keys.status) > 20_000, "the contender's TTL was cut by the old owner"
         assert len(lost) == 1
         assert new.release() is True
     finally:
@@ -240,7 +242,7 @@ def test_n1_blackhole_owner_gives_up_before_ttl_sync(
 
 @pytest.mark.parametrize("policy", ["off", "default"])
 async def test_n1_blackhole_owner_gives_up_before_ttl_async(
-    proxy: FaultProxy, adirect: aredis.Redis, namespace: str, policy: str
+    proxy: FaultProxy, adirect: aredis.Redis, aadmin: aredis.Redis, namespace: str, policy: str
 ) -> None:
     """N1 (asyncio). Expected: as in the sync test; the heartbeat task bounds each attempt with
     a timeout, so neither the blackhole nor the client's own (default) retry policy stretches a
@@ -253,12 +255,12 @@ async def test_n1_blackhole_owner_gives_up_before_ttl_async(
     lost: Lost = []
     try:
         lease = await owner.claim(1, "Binance", on_lost=recorder(lost))
-        seen = await await_beat(adirect, keys.status)
+        seen = await await_beat(aadmin, keys.status)
         await asyncio.sleep(0.05)
         proxy.blackhole()
         cut = time.monotonic()
         before = time.monotonic()
-        expires = before + await adirect.pttl(keys.status) / 1000
+        expires = before + await aadmin.pttl(keys.status) / 1000
         invalid_at: float | None = None
         new: AsyncLease | None = None
         end = cut + TTL + 2.0
@@ -280,7 +282,7 @@ async def test_n1_blackhole_owner_gives_up_before_ttl_async(
         check_n1_timeline(cut, seen, expires, invalid_at, lost, taken_at)
 
         proxy.pass_through()
-        dump, xlen, sent = await adirect.dump(keys.status), await adirect.xlen(keys.log), proxy.bytes_up
+        dump, xlen, sent = await aadmin.dump(keys.status), await aadmin.xlen(keys.log), proxy.bytes_up
         started = time.monotonic()
         with pytest.raises(LeaseLostError) as info:
             await lease.transition("starting")
@@ -293,9 +295,9 @@ async def test_n1_blackhole_owner_gives_up_before_ttl_async(
         await asyncio.sleep(2 * HB)
         assert proxy.bytes_up == sent, "the lost lease still sent something (a round trip or a heartbeat)"
         assert await lease.release() is False
-        assert await adirect.dump(keys.status) == dump
-        assert await adirect.xlen(keys.log) == xlen
-        assert await adirect.pttl(keys.status) > 20_000
+        assert await aadmin.dump(keys.status) == dump
+        assert await aadmin.xlen(keys.log) == xlen
+        assert await aadmin.pttl(keys.status) > 20_000
         assert len(lost) == 1
         assert await new.release() is True
     finally:
@@ -307,7 +309,7 @@ async def test_n1_blackhole_owner_gives_up_before_ttl_async(
 # -- N2 / P4: replies delayed beyond the deadline -----------------------------------------------
 
 
-def test_n2_late_heartbeat_reply_is_not_a_renewal_sync(proxy: FaultProxy, direct: redis.Redis, namespace: str) -> None:
+def test_n2_late_heartbeat_reply_is_not_a_renewal_sync(proxy: FaultProxy, admin: redis.Redis, namespace: str) -> None:
     """N2 (heartbeat). Expected: a RENEWED reply that arrives after its own deadline (send time +
     renew_deadline) is not a success: heartbeat() raises LeaseLostError("deadline"), on_lost
     fires once with "deadline", ensure_held() raises and the lease stays invalid, although the
@@ -318,16 +320,16 @@ def test_n2_late_heartbeat_reply_is_not_a_renewal_sync(proxy: FaultProxy, direct
     lost: Lost = []
     try:
         lease = owner.claim(1, "Binance", on_lost=recorder(lost))
-        wait_for_beat(direct, keys.status)
+        wait_for_beat(admin, keys.status)
         time.sleep(0.05)
         proxy.delay_down(DEADLINE + 0.3)
-        renewed = direct.hget(keys.status, "lastHeartbeat")
+        renewed = admin.hget(keys.status, "lastHeartbeat")
         sent = time.monotonic()
         with pytest.raises(LeaseLostError) as info:
             lease.heartbeat()
         assert time.monotonic() - sent >= DEADLINE + 0.25, "the reply was not delayed as arranged"
         assert info.value.reason == "deadline"
-        assert direct.hget(keys.status, "lastHeartbeat") != renewed, "the late heartbeat did not run on the server"
+        assert admin.hget(keys.status, "lastHeartbeat") != renewed, "the late heartbeat did not run on the server"
         assert not lease.is_valid
         assert lease.lost_reason == "deadline"
         with pytest.raises(LeaseLostError):
@@ -335,14 +337,14 @@ def test_n2_late_heartbeat_reply_is_not_a_renewal_sync(proxy: FaultProxy, direct
         assert [reason for _, reason in lost] == ["deadline"]
         proxy.pass_through()
         lease.release()  # token-checked: removes the record it may still hold
-        assert direct.exists(keys.status) == 0
+        assert admin.exists(keys.status) == 0
     finally:
         owner.close()
         client.close()
 
 
 async def test_n2_late_heartbeat_reply_is_not_a_renewal_async(
-    proxy: FaultProxy, adirect: aredis.Redis, namespace: str
+    proxy: FaultProxy, aadmin: aredis.Redis, namespace: str
 ) -> None:
     """N2 (heartbeat, asyncio). Expected: as in the sync test: a late RENEWED is a loss ("deadline")."""
     client = async_owner_client(proxy, "off")
@@ -351,7 +353,7 @@ async def test_n2_late_heartbeat_reply_is_not_a_renewal_async(
     lost: Lost = []
     try:
         lease = await owner.claim(1, "Binance", on_lost=recorder(lost))
-        await await_beat(adirect, keys.status)
+        await await_beat(aadmin, keys.status)
         await asyncio.sleep(0.05)
         proxy.delay_down(DEADLINE + 0.3)
         sent = time.monotonic()
@@ -365,7 +367,7 @@ async def test_n2_late_heartbeat_reply_is_not_a_renewal_async(
         assert [reason for _, reason in lost] == ["deadline"]
         proxy.pass_through()
         await lease.release()
-        assert await adirect.exists(keys.status) == 0
+        assert await aadmin.exists(keys.status) == 0
     finally:
         await owner.close()
         await client.aclose()
@@ -373,7 +375,7 @@ async def test_n2_late_heartbeat_reply_is_not_a_renewal_async(
 
 @pytest.mark.parametrize("delay", [DEADLINE + 0.25, TTL + 0.7], ids=["past-deadline", "past-ttl"])
 def test_n2_p4_late_claim_reply_never_yields_a_valid_lease(
-    proxy: FaultProxy, direct: redis.Redis, namespace: str, delay: float
+    proxy: FaultProxy, direct: redis.Redis, admin: redis.Redis, namespace: str, delay: float
 ) -> None:
     """N2 (claim) = P4, Kleppmann's delayed reply. Expected: a CLAIMED reply that arrives after
     the claim's send time + renew_deadline never yields a valid lease: claim() either raises or
@@ -403,7 +405,7 @@ def test_n2_p4_late_claim_reply_never_yields_a_valid_lease(
         assert owner.claim(99, "Warmup").release() is True  # connection, server check and script cache
         proxy.delay_down(delay)
         thread.start()
-        applied = wait_until(lambda: direct.hget(keys.status, "exchangeName") == b"Binance", 1.0)
+        applied = wait_until(lambda: admin.hget(keys.status, "exchangeName") == b"Binance", 1.0)
         assert applied, "the owner's claim did not reach the server"
         if delay > TTL:
             end = time.monotonic() + delay + 1.0
@@ -430,17 +432,17 @@ def test_n2_p4_late_claim_reply_never_yields_a_valid_lease(
             assert wait_until(lambda: lost, 1.0), "on_lost never fired for the late claim"
             assert [reason for _, reason in lost] == ["deadline"]
             if new is not None:
-                dump = direct.dump(keys.status)
+                dump = admin.dump(keys.status)
                 with pytest.raises(LeaseLostError):
                     lease.transition("starting")
                 assert lease.release() is False
-                assert direct.dump(keys.status) == dump
+                assert admin.dump(keys.status) == dump
             else:
                 lease.release()
         if new is not None:
-            assert direct.hget(keys.status, "fencingToken") == str(new.fencing_token).encode()
+            assert admin.hget(keys.status, "fencingToken") == str(new.fencing_token).encode()
             assert new.release() is True
-        assert direct.exists(keys.status) == 0
+        assert admin.exists(keys.status) == 0
     finally:
         if thread.ident is not None:
             thread.join(10)
@@ -454,7 +456,7 @@ def test_n2_p4_late_claim_reply_never_yields_a_valid_lease(
 
 @pytest.mark.parametrize("op", ["transition", "heartbeat"])
 def test_n3_request_delayed_past_ttl_is_refused(
-    proxy: FaultProxy, direct: redis.Redis, namespace: str, op: str
+    proxy: FaultProxy, direct: redis.Redis, admin: redis.Redis, namespace: str, op: str
 ) -> None:
     """N3. Expected: an owner request (transition or heartbeat) held in the network past the TTL
     reaches Redis after a contender's claim and is refused by the token check (TAKEN): the
@@ -480,7 +482,7 @@ def test_n3_request_delayed_past_ttl_is_refused(
     new: Lease | None = None
     try:
         lease = out["lease"] = owner.claim(1, "Binance", on_lost=recorder(lost))
-        wait_for_beat(direct, keys.status)
+        wait_for_beat(admin, keys.status)
         time.sleep(0.05)
         proxy.delay_up(hold)
         cut = time.monotonic()
@@ -492,7 +494,7 @@ def test_n3_request_delayed_past_ttl_is_refused(
                 time.sleep(0.01)
         assert new is not None, "the contender could not claim before the delayed request arrived"
         assert thread.is_alive(), "the owner's request was not held back"
-        dump, xlen = direct.dump(keys.status), direct.xlen(keys.log)
+        dump, xlen = admin.dump(keys.status), admin.xlen(keys.log)
         thread.join(hold + 5)
         assert not thread.is_alive()
         assert out["returned"] >= cut + hold - 0.05
@@ -501,9 +503,9 @@ def test_n3_request_delayed_past_ttl_is_refused(
         assert error.reason == "taken"
         # Background heartbeats sent before the deadline were held as long; let them all land.
         time.sleep(max(0.0, cut + DEADLINE + hold + 0.3 - time.monotonic()))
-        assert direct.dump(keys.status) == dump, "the delayed request changed the contender's record"
-        assert direct.xlen(keys.log) == xlen
-        assert direct.pttl(keys.status) > 20_000, "a delayed heartbeat cut the contender's TTL"
+        assert admin.dump(keys.status) == dump, "the delayed request changed the contender's record"
+        assert admin.xlen(keys.log) == xlen
+        assert admin.pttl(keys.status) > 20_000, "a delayed heartbeat cut the contender's TTL"
         assert len(lost) == 1
         assert lost[0][1] in ("deadline", "taken")
         assert lost[0][0] <= cut + DEADLINE + BEAT_TIMEOUT + 0.1
@@ -530,7 +532,7 @@ def count(entries: list[dict[str, str]], event: str) -> int:
 
 @pytest.mark.parametrize("policy", ["three", "default"])
 def test_n4_reset_after_request_with_retries_applies_once(
-    proxy: FaultProxy, direct: redis.Redis, markers: dict[str, bytes], namespace: str, policy: str
+    proxy: FaultProxy, admin: redis.Redis, markers: dict[str, bytes], namespace: str, policy: str
 ) -> None:
     """N4 with the client's retries on. Expected: when the connection is reset after a
     transition, record_error or deregister reached Redis, redis-py re-sends the same EVALSHA
@@ -545,22 +547,22 @@ def test_n4_reset_after_request_with_retries_applies_once(
         proxy.reset_after_request(markers["transition"])
         assert lease.transition("starting") == State.STARTING
         assert proxy.resets == 1, "the fault did not fire"
-        assert direct.hget(keys.status, "connectionState") == b"starting"
-        entries = events(direct.xrange(keys.log))
+        assert admin.hget(keys.status, "connectionState") == b"starting"
+        entries = events(admin.xrange(keys.log))
         assert count(entries, "state_transition") == 1
         assert lease.state == State.STARTING
 
         proxy.reset_after_request(markers["record_error"])
         lease.record_error("feed dropped")
         assert proxy.resets == 2
-        assert direct.hget(keys.status, "lastError") == b"feed dropped"
-        assert count(events(direct.xrange(keys.log)), "error") == 1
+        assert admin.hget(keys.status, "lastError") == b"feed dropped"
+        assert count(events(admin.xrange(keys.log)), "error") == 1
 
         proxy.reset_after_request(markers["deregister"])
         assert lease.release() is True
         assert proxy.resets == 3
-        assert direct.exists(keys.status) == 0
-        entries = events(direct.xrange(keys.log))
+        assert admin.exists(keys.status) == 0
+        entries = events(admin.xrange(keys.log))
         assert [e["event"] for e in entries] == ["claim", "state_transition", "error", "deregister"]
         assert entries[-1]["state"] == "starting"
     finally:
@@ -569,7 +571,7 @@ def test_n4_reset_after_request_with_retries_applies_once(
 
 
 def test_n4_reset_after_request_without_retries_is_unknown_but_applied_once(
-    proxy: FaultProxy, direct: redis.Redis, markers: dict[str, bytes], namespace: str
+    proxy: FaultProxy, admin: redis.Redis, markers: dict[str, bytes], namespace: str
 ) -> None:
     """N4 with retries off. Expected: the caller sees a ConnectionError (the result is unknown)
     although the operation applied exactly once; the library's next call then behaves correctly:
@@ -587,22 +589,22 @@ def test_n4_reset_after_request_without_retries_is_unknown_but_applied_once(
         with pytest.raises(redis.ConnectionError):
             lease.transition("starting")
         assert proxy.resets == 1
-        assert direct.hget(keys.status, "connectionState") == b"starting", "the request did not run"
+        assert admin.hget(keys.status, "connectionState") == b"starting", "the request did not run"
         try:
             outcome = lease.transition("starting")  # the caller's own retry, a new logical call
         except InvalidTransitionError as exc:
             outcome = State(exc.current)  # BAD_TRANSITION: the record is already there
         assert outcome == State.STARTING
         assert lease.state == State.STARTING
-        assert count(events(direct.xrange(keys.log)), "state_transition") == 1
+        assert count(events(admin.xrange(keys.log)), "state_transition") == 1
         assert lease.transition("warming") == State.WARMING
         assert lease.status().connection_state == State.WARMING == lease.state
 
         proxy.reset_after_request(markers["record_error"])
         with pytest.raises(redis.ConnectionError):
             lease.record_error("feed dropped")
-        assert direct.hget(keys.status, "lastError") == b"feed dropped"
-        assert count(events(direct.xrange(keys.log)), "error") == 1
+        assert admin.hget(keys.status, "lastError") == b"feed dropped"
+        assert count(events(admin.xrange(keys.log)), "error") == 1
         lease.set_symbol_count(42)
         status = lease.status()
         assert (status.last_error, status.symbol_count) == ("feed dropped", 42)
@@ -611,11 +613,11 @@ def test_n4_reset_after_request_without_retries_is_unknown_but_applied_once(
         with pytest.raises(redis.ConnectionError):
             lease.release()
         assert proxy.resets == 3
-        assert direct.exists(keys.status) == 0
+        assert admin.exists(keys.status) == 0
         assert lease.release() is False
         with pytest.raises(LeaseLostError):
             lease.ensure_held()
-        entries = events(direct.xrange(keys.log))
+        entries = events(admin.xrange(keys.log))
         assert [e["event"] for e in entries] == ["claim", "state_transition", "state_transition", "error", "deregister"]
     finally:
         owner.close()
@@ -627,7 +629,7 @@ def test_n4_reset_after_request_without_retries_is_unknown_but_applied_once(
 
 @pytest.mark.parametrize("setup", ["no-retry", "from_url"])
 def test_n5_slow_connection_setup_fails_in_bounded_time(
-    proxy: FaultProxy, direct: redis.Redis, namespace: str, setup: str
+    proxy: FaultProxy, admin: redis.Redis, namespace: str, setup: str
 ) -> None:
     """N5. Expected: with every reply slower than socket_timeout / socket_connect_timeout, the
     connection handshake times out and a fresh registry's claim fails with a redis error in
@@ -658,7 +660,7 @@ def test_n5_slow_connection_setup_fails_in_bounded_time(
         )
         assert connections <= 2 * (1 + retries), f"{connections} connection attempts for 2 commands"
         time.sleep(1.2)  # anything the proxy still held has been delivered by now
-        assert direct.exists(keys.status, keys.log, keys.fence) == 0, "a failed connection setup wrote something"
+        assert admin.exists(keys.status, keys.log, keys.fence) == 0, "a failed connection setup wrote something"
     finally:
         registry.close()
         client.close()
@@ -668,7 +670,7 @@ def test_n5_slow_connection_setup_fails_in_bounded_time(
 
 
 async def test_p6_cancel_in_flight_keeps_replies_matched(
-    proxy: FaultProxy, adirect: aredis.Redis, namespace: str
+    proxy: FaultProxy, adirect: aredis.Redis, aadmin: aredis.Redis, namespace: str
 ) -> None:
     """P6. Expected: cancelling transition() and set_symbol_count() while their replies are in
     flight (the server already applied them) leaves no reply behind for a later call: every
@@ -691,7 +693,7 @@ async def test_p6_cancel_in_flight_keeps_replies_matched(
             task = asyncio.ensure_future(call)
 
             async def applied() -> bool:
-                return await adirect.hget(keys.status, field) == value
+                return await aadmin.hget(keys.status, field) == value
 
             assert await await_until(applied, 2.0), f"the request for {field}={value!r} never ran"
             assert not task.done(), "the reply was not in flight"

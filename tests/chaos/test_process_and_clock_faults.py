@@ -30,7 +30,7 @@ import pylivermore
 from pylivermore import AsyncLease, AsyncRegistry, ClaimConflictError, Lease, LeaseLostError, Registry, State
 from pylivermore._keys import Keys
 from pylivermore.server import RedisServer
-from tests.conftest import make_async_client, make_client
+from tests.conftest import make_admin_client, make_async_client, make_client
 
 TTL, HB, DEADLINE = 1.5, 0.5, 1.0
 TIMING: dict[str, Any] = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
@@ -242,7 +242,7 @@ def test_sigterm_deregisters_at_once_and_contender_claims_before_ttl(
     before the TTL, with a higher fencing token. The log's last entries before that claim are
     stopping, stopped, deregister, all with the owner's token. A second release() is a no-op
     (False): nothing more is written, and the owner exits with status 0."""
-    admin = make_client(redis_server)
+    admin = make_admin_client(redis_server)
     contender_client = make_client(redis_server)
     contender = Registry(contender_client, namespace=namespace, instance_id="contender-p2", **QUIET)
     keys = Keys(namespace, EXCHANGE)
@@ -325,7 +325,7 @@ async def test_starved_event_loop_loses_lease_before_any_owner_action(
     (reason "deadline"; "expired"/"taken" would also be safe), a transition is refused without a
     round trip, on_lost fires exactly once, and nothing from the stale owner reaches the
     contender's record, log or fence (its token-checked release changes nothing)."""
-    admin = make_client(redis_server)
+    admin = make_admin_client(redis_server)
     aclient = make_async_client(redis_server)
     registry = AsyncRegistry(aclient, namespace=namespace, **TIMING)
     contender_client = make_client(redis_server)
@@ -396,7 +396,7 @@ async def test_starved_event_loop_inside_guard_ends_block_with_lease_lost_only(
     the guard cancels the block) or acts (a transition is refused), the block ends with
     LeaseLostError("deadline"), nothing is written, on_lost fires once, and the task that ran the
     block carries on normally after handling the error: the guard leaves no cancellation pending."""
-    admin = make_client(redis_server)
+    admin = make_admin_client(redis_server)
     aclient = make_async_client(redis_server)
     registry = AsyncRegistry(aclient, namespace=namespace, **TIMING)
     keys = Keys(namespace, EXCHANGE)
@@ -465,7 +465,7 @@ def test_wall_clock_jumps_change_nothing(
         callers.add(sys._getframe(1).f_globals.get("__name__", "?"))
         return real_time() + (JUMP if int(time.monotonic() * 10) % 2 else -JUMP)
 
-    admin = make_client(redis_server)
+    admin = make_admin_client(redis_server)
     client = make_client(redis_server)
     injected_client = make_client(redis_server)
     skew = [0.0]
@@ -544,7 +544,7 @@ def test_clock_rate_skew_within_tolerance_reports_loss_before_server_expiry(
     (0.6: 1.67 s > 1.5 s) the test shows the overlap it would otherwise catch: the record expires
     and a contender claims while the owner still holds a valid lease; only the higher fencing token
     protects the resource then."""
-    admin = make_client(redis_server)
+    admin = make_admin_client(redis_server)
     client = make_client(redis_server)
     contender_client = make_client(redis_server)
     origin = time.monotonic()

@@ -28,7 +28,7 @@ from pylivermore import AsyncLease, AsyncRegistry, ClaimConflictError, Lease, Le
 from pylivermore._keys import Keys
 from pylivermore._scripts import load_scripts
 from pylivermore.server import RedisServer, find_server_binary
-from tests.conftest import make_async_client, make_client
+from tests.conftest import ACL_MODE, make_admin_client, make_async_client, make_client
 
 TTL, HB, DEADLINE = 1.5, 0.5, 1.0
 TIMING: dict[str, Any] = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
@@ -150,10 +150,10 @@ class Background:
 
 
 class CommandLog:
-    """``MONITOR`` on its own connection, in a thread: the commands the server executed, in order."""
+    """``MONITOR`` on its own (admin) connection, in a thread: the commands the server executed, in order."""
 
     def __init__(self, server: RedisServer) -> None:
-        self._client = make_client(server, socket_timeout=15.0)
+        self._client = make_admin_client(server, socket_timeout=15.0)
         self.commands: list[tuple[float, str]] = []  # (server time, command)
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -226,6 +226,35 @@ def exhaust_memory(admin: redis.Redis) -> None:
         admin.set("filler:probe", b"x")
 
 
+class AofReplayServer(RedisServer):
+    """A server whose ``default`` user (the suite's worker, see tests/conftest.py) gets its rules only
+    once the append-only file has been replayed.
+
+    redis-server checks the EXEC of a MULTI replayed from the AOF against the ``default`` user's ACL
+    (redis/redis#14541, fixed by redis/redis#14545): under the worker rules the PEXPIREAT that a
+    script's PEXPIRE is propagated as would be dropped on every restart, leaving records without a TTL.
+    So ``default`` starts disabled with every right (the replay passes; no client can act as it, a
+    command gets NOAUTH), and the admin gives it exactly the worker rules as soon as the server answers.
+    """
+
+    def command(self) -> list[str]:
+        args = super().command()
+        if ACL_MODE:
+            first = args.index("--user")  # the suite's users: default, then admin
+            assert args[first + 1] == "default", args
+            end = args.index("--user", first + 1)
+            self._worker_rules = args[first + 2 : end]
+            args[first:end] = ["--user", "default", "off", "nopass", "~*", "&*", "+@all"]
+        return args
+
+    def start(self, timeout: float = 10.0) -> AofReplayServer:
+        super().start(timeout)
+        if ACL_MODE:
+            with make_admin_client(self) as admin:
+                admin.execute_command("ACL", "SETUSER", "default", "reset", *self._worker_rules)
+        return self
+
+
 @pytest.fixture
 def persistent_server() -> Iterator[RedisServer]:
     """A private server with an append-only file fsynced on every write, for restart tests."""
@@ -233,7 +262,7 @@ def persistent_server() -> Iterator[RedisServer]:
         if os.environ.get("CI"):
             pytest.fail("no redis-server on PATH")
         pytest.skip("no redis-server on PATH")
-    with RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]) as server:
+    with AofReplayServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]) as server:
         yield server
 
 
@@ -256,7 +285,7 @@ def test_script_flush_reload_and_retry_once_sync(fresh_server: RedisServer, name
     """R1: after SCRIPT FLUSH, the first claim / transition / deregister gets NOSCRIPT, loads its
     script and retries exactly once (commandstats: 2 EVALSHA of which 1 NOSCRIPT, 1 SCRIPT LOAD), and
     applies exactly once: one new log entry, the record as after one call."""
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     client = make_client(fresh_server)
     registry = Registry(client, namespace=namespace, **TIMING)
     keys = Keys(namespace, EXCHANGE)
@@ -304,10 +333,11 @@ def test_script_flush_reload_and_retry_once_sync(fresh_server: RedisServer, name
 async def test_script_flush_reload_and_retry_once_async(fresh_server: RedisServer, namespace: str, op: str) -> None:
     """R1 (asyncio): after SCRIPT FLUSH, the first claim / transition / deregister gets NOSCRIPT,
     loads its script and retries exactly once, and applies exactly once (one new log entry)."""
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     client = make_async_client(fresh_server)
     registry = AsyncRegistry(client, namespace=namespace, **TIMING)
-    reader = Registry(admin, namespace=namespace, **TIMING)  # only for activity(): claims nothing
+    reader_client = make_client(fresh_server)
+    reader = Registry(reader_client, namespace=namespace, **TIMING)  # only for activity(): claims nothing
     keys = Keys(namespace, EXCHANGE)
     try:
         if op == "claim":
@@ -343,6 +373,7 @@ async def test_script_flush_reload_and_retry_once_async(fresh_server: RedisServe
         await registry.close()
         await client.aclose()
         reader.close()
+        reader_client.close()
         admin.close()
 
 
@@ -358,7 +389,7 @@ def test_restart_with_persistence_keeps_lease_ttl_and_fence(persistent_server: R
     heartbeat resumes (NOSCRIPT handled: the script is loaded again) without any loss reported,
     and a transition after the restart applies once."""
     server = persistent_server
-    admin = make_client(server)
+    admin = make_admin_client(server)
     client = make_client(server)
     quiet_client = make_client(server)
     registry = Registry(client, namespace=namespace, **TIMING)
@@ -431,7 +462,7 @@ def test_restart_with_persistence_after_deadline_reports_deadline_loss(
     original time (the TTL counted through the downtime), the fence survives so a contender's token
     is higher, and the stale owner's release does not touch the contender's record."""
     server = persistent_server
-    admin = make_client(server)
+    admin = make_admin_client(server)
     client = make_client(server)
     contender_client = make_client(server)
     registry = Registry(client, namespace=namespace, **TIMING)
@@ -508,7 +539,7 @@ async def test_restart_without_persistence_loses_everything_and_fencing_still_in
     re-create anything: the namespace stays empty until someone claims. A contender then claims at
     once, and its fencing token is strictly greater than the old owner's although the fence key was
     gone: the server-time floor (max(last + 1, server µs)) keeps tokens increasing."""
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     contender_client = make_client(fresh_server)
     contender = Registry(contender_client, namespace=namespace, **QUIET)
     keys = Keys(namespace, EXCHANGE)
@@ -579,7 +610,7 @@ def test_restart_without_persistence_contender_first_is_fenced_above_old_owner(
     (no conflict), with a fencing token strictly greater than the old owner's (the fence key was
     lost: the server-time floor). The old owner's next heartbeat is refused (TAKEN), it reports the
     loss once and nothing it does changes the contender's record, log or fence."""
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     client = make_client(fresh_server)
     contender_client = make_client(fresh_server)
     registry = Registry(client, namespace=namespace, **TIMING)
@@ -631,7 +662,7 @@ def test_debug_sleep_stall_owner_lost_by_deadline_and_inflight_claim_applied_onc
     runs it at least twice after waking, yet it applies once (one claim entry, one fencing token).
     The owner's heartbeat queued during the stall runs after it and writes nothing. Afterwards the
     record and the log decode and replay consistently; the stale owner's release changes nothing."""
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     client = make_client(fresh_server)
     contender_client = make_client(
         fresh_server, socket_timeout=0.4, socket_connect_timeout=0.4, retry=Retry(NoBackoff(), 12)
@@ -712,8 +743,9 @@ async def test_frozen_server_owner_lost_by_deadline_and_inflight_transition_appl
     the same request id (socket timeout 0.3 s) runs at least twice once the server resumes, yet
     applies exactly once: one log entry, the record in the new state. The record still decodes,
     and the lease's token-checked release after the deadline loss deletes it."""
-    admin = make_client(fresh_server)
-    reader = Registry(admin, namespace=namespace, **TIMING)
+    admin = make_admin_client(fresh_server)
+    reader_client = make_client(fresh_server)
+    reader = Registry(reader_client, namespace=namespace, **TIMING)
     keys = Keys(namespace, EXCHANGE)
     lost = LossLog()
     monitor: CommandLog | None = None
@@ -793,6 +825,7 @@ async def test_frozen_server_owner_lost_by_deadline_and_inflight_transition_appl
         if aclient is not None:
             await aclient.aclose()
         reader.close()
+        reader_client.close()
         admin.close()
 
 
@@ -810,7 +843,7 @@ async def test_client_pause_write_queued_heartbeat_does_not_revive_expired_lease
     before the deadline is queued by the server and runs after the pause: it finds the key expired
     (EXPIRED) and does not revive it: EXISTS stays 0, no key is created, the log and fence are
     unchanged, and a contender can claim with a higher fencing token."""
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     contender_client = make_client(fresh_server)
     contender = Registry(contender_client, namespace=namespace, **QUIET)
     keys = Keys(namespace, EXCHANGE)
@@ -913,7 +946,7 @@ def test_out_of_memory_noeviction_refuses_claim_and_transition_without_partial_s
     existing owner's transition fails the same way with nothing written (state, log, fence and the
     transition request unchanged) and is not taken as a loss. Once memory is available again the
     transition applies exactly once. Heartbeats still renew under OOM (PEXPIRE is their first write)."""
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     client = make_client(fresh_server)
     registry = Registry(client, namespace=namespace, **TIMING)
     keys, other = Keys(namespace, EXCHANGE), Keys(namespace, OTHER)
@@ -969,7 +1002,7 @@ def test_evicting_policy_warns_on_first_use_and_evicts_live_lease(
     heartbeat finds it missing and reports the loss ("expired"); a contender can claim at once, and
     its fencing token is still higher (the fence key, or the server-time floor if it was evicted too)."""
     caplog.set_level(logging.WARNING, logger="pylivermore.registry")
-    admin = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     client = make_client(fresh_server)
     contender_client = make_client(fresh_server)
     admin.config_set("maxmemory-policy", policy)
@@ -1020,8 +1053,9 @@ async def test_min_replicas_to_write_refuses_claim_with_noreplicas_and_writes_no
     """R8: with ``min-replicas-to-write 1`` and no replica, a claim fails with redis' NOREPLICAS
     error (a ResponseError: "not claimed") and writes nothing: no status, log or fence key. An
     existing owner's transition is refused the same way and changes nothing."""
-    admin = make_client(fresh_server)
-    probe = Registry(admin, namespace=namespace, **QUIET)
+    admin = make_admin_client(fresh_server)
+    probe_client = make_client(fresh_server)
+    probe = Registry(probe_client, namespace=namespace, **QUIET)
     keys, other = Keys(namespace, EXCHANGE), Keys(namespace, OTHER)
     sync_client = aclient = None
     sync_registry: Registry | None = None
@@ -1065,4 +1099,5 @@ async def test_min_replicas_to_write_refuses_claim_with_noreplicas_and_writes_no
         if aclient is not None:
             await aclient.aclose()
         probe.close()
+        probe_client.close()
         admin.close()

@@ -22,7 +22,8 @@ class Claim(Protocol):
 
 @pytest.fixture
 def scripts(client: redis.Redis) -> Scripts:
-    """Every script SCRIPT LOADed into the session server (SHA checked against ScriptSpec.sha1)."""
+    """Every script SCRIPT LOADed into the session server (SHA checked against ScriptSpec.sha1),
+    called by the worker (no credentials): the worker rules must suffice for every script."""
     return Scripts(client)
 
 
@@ -33,9 +34,10 @@ def call(scripts: Scripts) -> Callable[[str, Sequence[str], Sequence[str]], Any]
 
 
 @pytest.fixture
-def snapshot(client: redis.Redis) -> Callable[[Resource], Snapshot]:
-    """``snapshot(res)``: DUMP of the status, log and fence keys, XLEN of the log, PTTL of the status."""
-    return lambda res: take_snapshot(client, res)
+def snapshot(admin: redis.Redis) -> Callable[[Resource], Snapshot]:
+    """``snapshot(res)``: DUMP of the status, log and fence keys, XLEN of the log, PTTL of the status
+    (read by the admin: DUMP and XLEN are no worker commands)."""
+    return lambda res: take_snapshot(admin, res)
 
 
 @pytest.fixture

@@ -118,10 +118,11 @@ class Snapshot:
     pttl: int = field(compare=False)
 
 
-def take_snapshot(client: redis.Redis, res: Resource) -> Snapshot:
-    dumps = tuple(client.dump(k) for k in res.all)
-    xlen = client.xlen(res.log) if client.type(res.log) == b"stream" else None
-    return Snapshot(dumps, xlen, client.pttl(res.status))
+def take_snapshot(admin: redis.Redis, res: Resource) -> Snapshot:
+    """*admin* must be allowed DUMP and XLEN (the worker is not)."""
+    dumps = tuple(admin.dump(k) for k in res.all)
+    xlen = admin.xlen(res.log) if admin.type(res.log) == b"stream" else None
+    return Snapshot(dumps, xlen, admin.pttl(res.status))
 
 
 def assert_unchanged(before: Snapshot, after: Snapshot) -> None:
@@ -239,8 +240,8 @@ class Owner:
 def client_commands(watcher: redis.Redis, action: Callable[[], object]) -> tuple[list[str], list[str]]:
     """Run *action* under MONITOR; return (commands sent by clients, commands run inside scripts).
 
-    *watcher* must be a client of the same server that *action* does not use: its own commands
-    (the end marker, and a HELLO if it opens a connection) are left out.
+    *watcher* must be a client of the same server that *action* does not use, allowed MONITOR (an
+    admin): its own commands (the end marker, and a HELLO if it opens a connection) are left out.
     """
     marker = "contract-end-" + secrets.token_hex(4)
     seen: list[dict[str, Any]] = []

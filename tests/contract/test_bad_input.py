@@ -255,20 +255,20 @@ def test_wrong_token_is_taken_and_writes_nothing(
 
 
 def _retype(key_of: Callable[[Resource], str], make: Callable[[redis.Redis, str], object]) -> Callable[..., None]:
-    def corrupt(client: redis.Redis, res: Resource) -> None:
+    def corrupt(admin: redis.Redis, res: Resource) -> None:
         key = key_of(res)
-        client.delete(key)
-        make(client, key)
+        admin.delete(key)
+        make(admin, key)
 
     return corrupt
 
 
 def _field(name: str, value: str | None) -> Callable[..., None]:
-    def corrupt(client: redis.Redis, res: Resource) -> None:
+    def corrupt(admin: redis.Redis, res: Resource) -> None:
         if value is None:
-            client.hdel(res.status, name)
+            admin.hdel(res.status, name)
         else:
-            client.hset(res.status, name, value)
+            admin.hset(res.status, name, value)
 
     return corrupt
 
@@ -344,7 +344,7 @@ def test_damaged_key_is_corrupt_and_writes_nothing(
     damage: str,
     held: Owner,
     call: Scripts,
-    client: redis.Redis,
+    admin: redis.Redis,
     snapshot: Callable[[Resource], Snapshot],
 ) -> None:
     """A key holding something the scripts never write (a string, list, set, zset or stream at
@@ -352,7 +352,7 @@ def test_damaged_key_is_corrupt_and_writes_nothing(
     fencingToken, a non-stream log, a non-integer fence) is answered with the CORRUPT reply word
     and a reason; the damaged keys and the log stay byte-identical (no foreign key is
     overwritten), although the same call on a healthy record would write."""
-    ALL_DAMAGE[damage](client, held.res)
+    ALL_DAMAGE[damage](admin, held.res)  # the damage is done by the admin (RPUSH, SADD, ZADD are no worker commands)
     before = snapshot(held.res)
     reply = call(script, held.res.keys_for(script), args_for(script, held))
     assert reply[0] == "CORRUPT", reply
@@ -374,20 +374,22 @@ def test_damage_control_healthy_record_is_written(
     assert after != before or after.pttl > before.pttl + 1000
 
 
-def test_force_release_removes_a_record_with_a_damaged_digest(held: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_force_release_removes_a_record_with_a_damaged_digest(held: Owner, call: Scripts, admin: redis.Redis) -> None:
     """force_release is the documented repair tool for a damaged hash: a record whose
     ownerDigest is missing or not hex, but which still has a fencing token and identity, is
     removed and the removal logged (not answered CORRUPT)."""
-    client.hset(held.res.status, "ownerDigest", "z" * 40)
+    admin.hset(held.res.status, "ownerDigest", "z" * 40)
     reply = call("force_release", held.res.keys_for("force_release"), valid_args("force_release", ""))
     assert reply == ["RELEASED", str(held.fencing_token), "idle"]
-    assert client.exists(held.res.status) == 0
+    assert admin.exists(held.res.status) == 0
 
 
-def test_python_api_maps_corrupt_to_corrupt_status_error(client: redis.Redis, namespace: str, res: Resource) -> None:
+def test_python_api_maps_corrupt_to_corrupt_status_error(
+    client: redis.Redis, admin: redis.Redis, namespace: str, res: Resource
+) -> None:
     """Through the Python API, CORRUPT from claim and a wrong-typed status on read raise
     CorruptStatusError naming the key; the foreign value is left in place."""
-    client.set(res.status, "garbage")
+    admin.set(res.status, "garbage")
     registry = Registry(client, namespace=namespace)
     try:
         with pytest.raises(CorruptStatusError) as info:
@@ -397,7 +399,7 @@ def test_python_api_maps_corrupt_to_corrupt_status_error(client: redis.Redis, na
             registry.get(res.id)
     finally:
         registry.close()
-    assert client.get(res.status) == b"garbage"
+    assert admin.get(res.status) == b"garbage"
 
 
 # -- invalid ids: a Python-side check, before any key is built (B4) ------------------------------

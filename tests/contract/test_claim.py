@@ -12,7 +12,7 @@ import redis
 
 from pylivermore import ClaimConflictError, InstanceStatus, Registry
 from pylivermore.server import RedisServer
-from tests.conftest import make_client
+from tests.conftest import make_admin_client, make_client
 
 from .conftest import Claim, claim_with
 from .helpers import (
@@ -39,7 +39,7 @@ from .helpers import (
 READS = ("hgetall", "hmget", "hget", "get", "pttl", "ttl", "exists", "type")
 
 
-def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, client: redis.Redis) -> None:
+def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, admin: redis.Redis) -> None:
     """A claim on a free resource answers CLAIMED/new with a fencing token; the record is an idle
     hash with server timestamps, the TTL asked for and sha1hex(token) as owner digest (the token
     itself is stored nowhere); the fence key holds the token and never expires; one claim entry."""
@@ -48,7 +48,7 @@ def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, client
     assert reply[0] == "CLAIMED"
     assert reply[2] == "new"
     fencing = reply[1]
-    record = hgetall(client, res.status)
+    record = hgetall(admin, res.status)
     assert record["exchangeId"] == res.id
     assert record["connectionState"] == "idle"
     assert record["symbolCount"] == "0"
@@ -56,16 +56,16 @@ def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, client
     assert record["instanceId"] == "worker-a"
     assert record["ownerDigest"] == hashlib.sha1(token.encode()).hexdigest()
     assert record["lastHeartbeat"] == record["lastStateChange"] == record["registeredAt"]
-    assert_recent_iso(client, record["registeredAt"])
+    assert_recent_iso(admin, record["registeredAt"])
     assert "connectedAt" not in record
-    assert 59_000 < client.pttl(res.status) <= int(TTL_MS)
-    assert client.get(res.fence) == fencing.encode()
-    assert client.pttl(res.fence) == -1
-    assert client.xlen(res.log) == 1
-    entry = last_entry(client, res.log)
+    assert 59_000 < admin.pttl(res.status) <= int(TTL_MS)
+    assert admin.get(res.fence) == fencing.encode()
+    assert admin.pttl(res.fence) == -1
+    assert admin.xlen(res.log) == 1
+    entry = last_entry(admin, res.log)
     assert (entry["event"], entry["fencingToken"], entry["how"], entry["ttlMs"]) == ("claim", fencing, "new", TTL_MS)
     for key in res.all:
-        assert token.encode() not in (client.dump(key) or b""), f"the owner token is stored in clear in {key}"
+        assert token.encode() not in (admin.dump(key) or b""), f"the owner token is stored in clear in {key}"
 
 
 def test_conflict_is_one_round_trip_with_holder_and_ttl(fresh_server: RedisServer, namespace: str) -> None:
@@ -74,13 +74,14 @@ def test_conflict_is_one_round_trip_with_holder_and_ttl(fresh_server: RedisServe
     script (MONITOR attributes it to lua), none by the client. The reply is CONFLICT, the holder's
     PTTL (close to its TTL) and the holder's record fields; nothing is written."""
     c = make_client(fresh_server)
-    watcher = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
+    watcher = make_admin_client(fresh_server)
     try:
         scripts = Scripts(c)
         res = Resource(namespace, "1")
         holder = claim_with(scripts)(res, instance_id="holder-1", hostname="host-h")
-        before = take_snapshot(c, res)
-        c.config_resetstat()
+        before = take_snapshot(admin, res)
+        admin.config_resetstat()
         replies: list[object] = []
         sent, inside = client_commands(
             watcher,
@@ -88,7 +89,7 @@ def test_conflict_is_one_round_trip_with_holder_and_ttl(fresh_server: RedisServe
                 scripts("claim", res.keys_for("claim"), claim_args(new_token(), exchange_id=res.id, instance_id="b"))
             ),
         )
-        stats = c.info("commandstats")
+        stats = admin.info("commandstats")
         assert stats["cmdstat_evalsha"]["calls"] == 1
         assert not any(k in stats for k in ("cmdstat_eval", "cmdstat_script|load"))
         for name in READS:
@@ -102,14 +103,15 @@ def test_conflict_is_one_round_trip_with_holder_and_ttl(fresh_server: RedisServe
         assert reply[0] == "CONFLICT"
         assert int(TTL_MS) - 2000 < reply[1] <= int(TTL_MS)
         fields = dict(zip(reply[2::2], reply[3::2], strict=True))
-        assert fields == hgetall(c, res.status)
+        assert fields == hgetall(admin, res.status)
         assert fields["hostname"] == "host-h"
         assert fields["instanceId"] == "holder-1"
         assert fields["fencingToken"] == str(holder.fencing_token)
         assert holder.token not in fields.values()
-        assert_unchanged(before, take_snapshot(c, res))
+        assert_unchanged(before, take_snapshot(admin, res))
     finally:
         c.close()
+        admin.close()
         watcher.close()
 
 
@@ -119,7 +121,7 @@ def test_conflict_through_python_api(fresh_server: RedisServer, namespace: str) 
     the message names hostname, IP, connected-at and the seconds remaining. The conflicting
     claim is a single EVALSHA from the client."""
     c = make_client(fresh_server)
-    watcher = make_client(fresh_server)
+    watcher = make_admin_client(fresh_server)
     registry = Registry(c, namespace=namespace, hostname="host-b", instance_id="worker-b")
     try:
         scripts = Scripts(c)
@@ -164,37 +166,41 @@ def test_conflict_through_python_api(fresh_server: RedisServer, namespace: str) 
 # -- fencing tokens ----------------------------------------------------------------------------
 
 
-def release_by_deregister(o: Owner, scripts: Scripts, client: redis.Redis, server: RedisServer | None) -> Scripts:
+# Each release gets the admin client for its own faults (SCRIPT FLUSH, DEL, DBSIZE); the scripts it
+# returns are called by a worker client (``scripts.client``, or a new one after a restart).
+
+
+def release_by_deregister(o: Owner, scripts: Scripts, admin: redis.Redis, server: RedisServer | None) -> Scripts:
     assert scripts("deregister", o.res.keys_for("deregister"), deregister_args(o.token))[0] == "RELEASED"
     return scripts
 
 
-def release_by_force(o: Owner, scripts: Scripts, client: redis.Redis, server: RedisServer | None) -> Scripts:
+def release_by_force(o: Owner, scripts: Scripts, admin: redis.Redis, server: RedisServer | None) -> Scripts:
     assert scripts("force_release", o.res.keys_for("force_release"), force_release_args())[0] == "RELEASED"
     return scripts
 
 
 def release_by_deleting_everything(
-    o: Owner, scripts: Scripts, client: redis.Redis, server: RedisServer | None
+    o: Owner, scripts: Scripts, admin: redis.Redis, server: RedisServer | None
 ) -> Scripts:
-    client.delete(*o.res.all)  # the fence key is lost too (as after a failover to a stale replica)
+    admin.delete(*o.res.all)  # the fence key is lost too (as after a failover to a stale replica)
     return scripts
 
 
-def release_by_script_flush(o: Owner, scripts: Scripts, client: redis.Redis, server: RedisServer | None) -> Scripts:
+def release_by_script_flush(o: Owner, scripts: Scripts, admin: redis.Redis, server: RedisServer | None) -> Scripts:
     assert scripts("deregister", o.res.keys_for("deregister"), deregister_args(o.token))[0] == "RELEASED"
-    client.script_flush()
+    admin.script_flush()
     with pytest.raises(redis.exceptions.NoScriptError):
         scripts("heartbeat", [o.res.status], [o.token, TTL_MS])
-    return Scripts(client)
+    return Scripts(scripts.client)
 
 
-def release_by_restart(o: Owner, scripts: Scripts, client: redis.Redis, server: RedisServer | None) -> Scripts:
+def release_by_restart(o: Owner, scripts: Scripts, admin: redis.Redis, server: RedisServer | None) -> Scripts:
     assert server is not None
     server.restart()  # no persistence: every key and the script cache are gone
-    fresh = make_client(server)
-    assert fresh.dbsize() == 0
-    return Scripts(fresh)
+    with make_admin_client(server) as fresh_admin:
+        assert fresh_admin.dbsize() == 0
+    return Scripts(make_client(server))
 
 
 @pytest.mark.parametrize(
@@ -207,42 +213,42 @@ def test_fencing_token_increases_after_release(
     res: Resource,
     scripts: Scripts,
     claim: Claim,
-    client: redis.Redis,
+    admin: redis.Redis,
 ) -> None:
     """After the holder is gone (deregister, force_release, or every key including the fence
     deleted), the next claim gets a strictly greater fencing token."""
     first = claim(res)
-    again = release(first, scripts, client, None)
+    again = release(first, scripts, admin, None)
     second = claim_with(again)(res)
     assert second.fencing_token > first.fencing_token
 
 
-def test_fencing_token_increases_after_expiry(res: Resource, claim: Claim, client: redis.Redis) -> None:
+def test_fencing_token_increases_after_expiry(res: Resource, claim: Claim, admin: redis.Redis) -> None:
     """After a lease expires (TTL 50 ms), the next claim gets a strictly greater fencing token."""
     first = claim(res, ttl_ms="50")
     time.sleep(0.12)
-    assert client.exists(res.status) == 0
+    assert admin.exists(res.status) == 0
     assert claim(res).fencing_token > first.fencing_token
 
 
 def test_fencing_token_increases_after_fence_key_deleted(
-    res: Resource, owner: Owner, claim: Claim, call: Scripts, client: redis.Redis
+    res: Resource, owner: Owner, claim: Claim, call: Scripts, admin: redis.Redis
 ) -> None:
     """With the fence key deleted (and set back to a tiny value), the next claim's token is
     still above the previous one: the token is never below the server clock in microseconds."""
     assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token))[0] == "RELEASED"
-    client.delete(res.fence)
+    admin.delete(res.fence)
     second = claim(res)
     assert second.fencing_token > owner.fencing_token
     assert call("deregister", res.keys_for("deregister"), deregister_args(second.token))[0] == "RELEASED"
-    client.set(res.fence, "1")
+    admin.set(res.fence, "1")
     assert claim(res).fencing_token > second.fencing_token
 
 
-def test_fencing_token_follows_a_high_fence(res: Resource, claim: Claim, client: redis.Redis) -> None:
+def test_fencing_token_follows_a_high_fence(res: Resource, claim: Claim, admin: redis.Redis) -> None:
     """A fence above the clock is honoured: the next token is exactly fence + 1."""
     high = 9_000_000_000_000_000
-    client.set(res.fence, str(high))
+    admin.set(res.fence, str(high))
     assert claim(res).fencing_token == high + 1
 
 
@@ -257,11 +263,12 @@ def test_fencing_token_increases_on_own_server(
     """After SCRIPT FLUSH (scripts reloaded) or a kill and restart of the server without
     persistence (all keys, the fence included, are lost), the next claim's token is higher."""
     c = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     try:
         scripts = Scripts(c)
         res = Resource(namespace, "1")
         first = claim_with(scripts)(res)
-        again = release(first, scripts, c, fresh_server)
+        again = release(first, scripts, admin, fresh_server)
         try:
             second = claim_with(again)(res)
         finally:
@@ -270,6 +277,7 @@ def test_fencing_token_increases_on_own_server(
         assert second.fencing_token > first.fencing_token
     finally:
         c.close()
+        admin.close()
 
 
 def test_fencing_tokens_strictly_increase_across_every_kind_of_loss(fresh_server: RedisServer, namespace: str) -> None:
@@ -277,7 +285,8 @@ def test_fencing_tokens_strictly_increase_across_every_kind_of_loss(fresh_server
     claim -> self-reclaim -> SCRIPT FLUSH -> claim -> DEL fence -> claim -> restart -> claim:
     the sequence of fencing tokens is strictly increasing."""
     c = make_client(fresh_server)
-    clients = [c]
+    admin = make_admin_client(fresh_server)
+    clients = [c, admin]
     try:
         scripts = Scripts(c)
         res = Resource(namespace, "1")
@@ -295,13 +304,13 @@ def test_fencing_tokens_strictly_increase_across_every_kind_of_loss(fresh_server
         tokens.append(o.fencing_token)
         o = claim_with(scripts)(res, reclaim="1")
         tokens.append(o.fencing_token)
-        scripts = release_by_script_flush(o, scripts, c, fresh_server)
+        scripts = release_by_script_flush(o, scripts, admin, fresh_server)
         o = claim_with(scripts)(res)
         tokens.append(o.fencing_token)
-        release_by_deleting_everything(o, scripts, c, fresh_server)
+        release_by_deleting_everything(o, scripts, admin, fresh_server)
         o = claim_with(scripts)(res)
         tokens.append(o.fencing_token)
-        scripts = release_by_restart(o, scripts, c, fresh_server)
+        scripts = release_by_restart(o, scripts, admin, fresh_server)
         clients.append(scripts.client)
         tokens.append(claim_with(scripts)(res).fencing_token)
         assert tokens == sorted(set(tokens)), f"fencing tokens did not strictly increase: {tokens}"
@@ -314,24 +323,24 @@ def test_fencing_tokens_strictly_increase_across_every_kind_of_loss(fresh_server
 
 
 def test_self_reclaim_issues_a_higher_token(
-    owner: Owner, call: Scripts, client: redis.Redis, snapshot: Callable[[Resource], Snapshot]
+    owner: Owner, call: Scripts, admin: redis.Redis, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """ARGV[7]="1" with the holder's own instance_id and a new token takes the record over:
     CLAIMED/reclaim with a higher token, a fresh idle record (stale fields of the old one gone),
     the old owner's token now answers TAKEN, and the log says what was replaced."""
     res = owner.res
-    client.hset(res.status, mapping={"connectionState": "active", "lastError": "boom", "connectedAt": "x"})
+    admin.hset(res.status, mapping={"connectionState": "active", "lastError": "boom", "connectedAt": "x"})
     token = new_token()
     reply = call("claim", res.keys_for("claim"), claim_args(token, exchange_id=res.id, reclaim="1"))
     assert reply[0] == "CLAIMED"
     assert reply[2] == "reclaim"
     assert int(reply[1]) > owner.fencing_token
-    record = hgetall(client, res.status)
+    record = hgetall(admin, res.status)
     assert record["connectionState"] == "idle"
     assert "lastError" not in record
     assert "connectedAt" not in record
     assert record["fencingToken"] == reply[1]
-    entry = last_entry(client, res.log)
+    entry = last_entry(admin, res.log)
     assert (entry["how"], entry["replaced"], entry["fencingToken"]) == ("reclaim", str(owner.fencing_token), reply[1])
     before = snapshot(res)
     assert call("heartbeat", [res.status], [owner.token, TTL_MS]) == ["TAKEN", reply[1]]

@@ -23,70 +23,70 @@ from .helpers import (
 )
 
 
-def log_events(client: redis.Redis, res: Resource) -> list[str]:
-    return [e[1][b"event"].decode() for e in client.xrange(res.log)]
+def log_events(admin: redis.Redis, res: Resource) -> list[str]:
+    return [e[1][b"event"].decode() for e in admin.xrange(res.log)]
 
 
-def test_claim_retry(res: Resource, call: Scripts, client: redis.Redis) -> None:
+def test_claim_retry(res: Resource, call: Scripts, admin: redis.Redis) -> None:
     """A claim repeated with the same token answers CLAIMED with the SAME fencing token ("retry")
     and writes nothing: the record, the fence and the log are byte-identical, one claim entry."""
     args = claim_args(new_token(), exchange_id=res.id)
     first = call("claim", res.keys_for("claim"), args)
-    dumps = [client.dump(k) for k in res.all]
+    dumps = [admin.dump(k) for k in res.all]
     second = call("claim", res.keys_for("claim"), args)
     assert first[:2] == second[:2]
     assert (first[2], second[2]) == ("new", "retry")
-    assert [client.dump(k) for k in res.all] == dumps
-    assert log_events(client, res) == ["claim"]
+    assert [admin.dump(k) for k in res.all] == dumps
+    assert log_events(admin, res) == ["claim"]
 
 
-def test_transition_retry(owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_transition_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """A transition repeated with the same request_id answers OK with the same state and
     timestamp (not BAD_TRANSITION, although starting->starting is no edge) and writes nothing."""
     res = owner.res
     args = transition_args(owner.token, "starting", request_id=new_request_id())
     first = call("transition", res.keys_for("transition"), args)
-    once = hgetall(client, res.status)
+    once = hgetall(admin, res.status)
     second = call("transition", res.keys_for("transition"), args)
     assert first == second
     assert first[:2] == ["OK", "starting"]
-    assert hgetall(client, res.status) == once
-    assert log_events(client, res) == ["claim", "state_transition"]
+    assert hgetall(admin, res.status) == once
+    assert log_events(admin, res) == ["claim", "state_transition"]
 
 
-def test_record_error_retry(owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_record_error_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """record_error repeated with the same request_id answers OK with the same lastErrorAt and
     writes nothing: one error entry."""
     res = owner.res
     args = record_error_args(owner.token, "feed disconnected", request_id=new_request_id())
     first = call("record_error", res.keys_for("record_error"), args)
-    once = hgetall(client, res.status)
+    once = hgetall(admin, res.status)
     second = call("record_error", res.keys_for("record_error"), args)
     assert first == second
     assert first[0] == "OK"
     assert once["lastError"] == "feed disconnected"
     assert once["lastErrorAt"] == first[1]
-    assert hgetall(client, res.status) == once
-    assert log_events(client, res) == ["claim", "error"]
+    assert hgetall(admin, res.status) == once
+    assert log_events(admin, res) == ["claim", "error"]
 
 
-def test_deregister_retry(owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_deregister_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """deregister repeated with the same request_id answers RELEASED with the same final state
     (found from its own log entry), not EXPIRED, and writes nothing: one deregister entry."""
     res = owner.res
     assert call("transition", res.keys_for("transition"), transition_args(owner.token, "starting"))[0] == "OK"
     args = deregister_args(owner.token, request_id=new_request_id())
     first = call("deregister", res.keys_for("deregister"), args)
-    dumps = [client.dump(k) for k in res.all]
+    dumps = [admin.dump(k) for k in res.all]
     second = call("deregister", res.keys_for("deregister"), args)
     assert first == second == ["RELEASED", "starting"]
-    assert [client.dump(k) for k in res.all] == dumps
-    assert log_events(client, res) == ["claim", "state_transition", "deregister"]
+    assert [admin.dump(k) for k in res.all] == dumps
+    assert log_events(admin, res) == ["claim", "state_transition", "deregister"]
     # A different request id is a different call: the record is gone.
     assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token)) == ["EXPIRED"]
 
 
-def test_update_twice(owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_update_twice(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """Each update group applied twice leaves the same record as applied once (updates are not
     logged, so the log keeps only the claim)."""
     res = owner.res
@@ -98,42 +98,42 @@ def test_update_twice(owner: Owner, call: Scripts, client: redis.Redis) -> None:
     ):
         full = update_args(owner.token, *args)
         assert call("update", [res.status], full) == ["OK"]
-        once = hgetall(client, res.status)
+        once = hgetall(admin, res.status)
         assert call("update", [res.status], full) == ["OK"]
-        assert hgetall(client, res.status) == once
-    record = hgetall(client, res.status)
+        assert hgetall(admin, res.status) == once
+    record = hgetall(admin, res.status)
     assert (record["symbolCount"], record["ipAddress"], record["countryCode"]) == ("120", "2001:db8::1", "NL")
     assert "adminEmail" not in record
     assert "adminDisplayName" not in record
-    assert log_events(client, res) == ["claim"]
+    assert log_events(admin, res) == ["claim"]
 
 
-def test_heartbeat_twice(owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_heartbeat_twice(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """A heartbeat applied twice leaves the same record as once except lastHeartbeat, which each
     heartbeat refreshes to the server's "now" by design (and the TTL, renewed each time);
     heartbeats are not logged."""
     res = owner.res
     first = call("heartbeat", [res.status], heartbeat_args(owner.token))
-    once = hgetall(client, res.status)
+    once = hgetall(admin, res.status)
     second = call("heartbeat", [res.status], heartbeat_args(owner.token))
-    twice = hgetall(client, res.status)
+    twice = hgetall(admin, res.status)
     assert first[0] == second[0] == "RENEWED"
     assert once["lastHeartbeat"] == first[1]
     assert twice["lastHeartbeat"] == second[1] >= first[1]
     assert {k: v for k, v in twice.items() if k != "lastHeartbeat"} == {
         k: v for k, v in once.items() if k != "lastHeartbeat"
     }
-    assert log_events(client, res) == ["claim"]
+    assert log_events(admin, res) == ["claim"]
 
 
-def test_force_release_twice(owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_force_release_twice(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """force_release sent twice: the first removes the holder, the second finds nothing (ABSENT)
     and writes nothing; one force_release entry, and the fence is kept."""
     res = owner.res
     args = force_release_args("stuck", "ops@example.com")
     assert call("force_release", res.keys_for("force_release"), args) == ["RELEASED", str(owner.fencing_token), "idle"]
-    dumps = [client.dump(k) for k in res.all]
+    dumps = [admin.dump(k) for k in res.all]
     assert call("force_release", res.keys_for("force_release"), args) == ["ABSENT"]
-    assert [client.dump(k) for k in res.all] == dumps
-    assert log_events(client, res) == ["claim", "force_release"]
-    assert last_entry(client, res.log)["reason"] == "stuck"
+    assert [admin.dump(k) for k in res.all] == dumps
+    assert log_events(admin, res) == ["claim", "force_release"]
+    assert last_entry(admin, res.log)["reason"] == "stuck"

@@ -34,25 +34,25 @@ OWNER_CALLS: dict[str, Callable[[str], list[str]]] = {
 }
 
 
-def expire(o: Owner, client: redis.Redis) -> None:
+def expire(o: Owner, admin: redis.Redis) -> None:
     """Let the lease run out: its claim had a 50 ms TTL."""
     time.sleep(0.1)
-    assert client.exists(o.res.status) == 0
+    assert admin.exists(o.res.status) == 0
 
 
-def delete(o: Owner, client: redis.Redis) -> None:
-    client.delete(o.res.status)
+def delete(o: Owner, admin: redis.Redis) -> None:
+    admin.delete(o.res.status)
 
 
 def test_heartbeat_after_takeover_is_taken(
-    res: Resource, claim: Claim, call: Scripts, client: redis.Redis, snapshot: Callable[[Resource], Snapshot]
+    res: Resource, claim: Claim, call: Scripts, admin: redis.Redis, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """A stalled owner whose lease expired and was claimed by another gets TAKEN with the new
     owner's fencing token; the new owner's record (fields and TTL) is left exactly as it was."""
     old = claim(res, ttl_ms="50")
     time.sleep(0.1)
     new = claim(res, instance_id="worker-b")
-    client.pexpire(res.status, 30_000)  # a TTL a wrongful renewal to 60 s would visibly change
+    admin.pexpire(res.status, 30_000)  # a TTL a wrongful renewal to 60 s would visibly change
     before = snapshot(res)
     assert call("heartbeat", [res.status], heartbeat_args(old.token)) == ["TAKEN", str(new.fencing_token)]
     assert_unchanged(before, snapshot(res))
@@ -64,16 +64,16 @@ def test_heartbeat_after_expiry_creates_nothing(
     res: Resource,
     claim: Claim,
     call: Scripts,
-    client: redis.Redis,
+    admin: redis.Redis,
     snapshot: Callable[[Resource], Snapshot],
 ) -> None:
     """A heartbeat for a record that expired (50 ms TTL) or was deleted answers EXPIRED and
     never re-creates it: EXISTS is 0 afterwards and the log is untouched."""
     o = claim(res, ttl_ms="50")
-    loss(o, client)
+    loss(o, admin)
     before = snapshot(res)
     assert call("heartbeat", [res.status], heartbeat_args(o.token, TTL_MS)) == ["EXPIRED"]
-    assert client.exists(res.status) == 0
+    assert admin.exists(res.status) == 0
     assert_unchanged(before, snapshot(res))
 
 
@@ -85,7 +85,7 @@ def test_owner_script_on_lost_lease_writes_nothing(
     res: Resource,
     claim: Claim,
     call: Scripts,
-    client: redis.Redis,
+    admin: redis.Redis,
     snapshot: Callable[[Resource], Snapshot],
 ) -> None:
     """update, record_error, transition, deregister and heartbeat on a lost lease: EXPIRED when
@@ -104,5 +104,5 @@ def test_owner_script_on_lost_lease_writes_nothing(
     before = snapshot(res)
     reply = call(script, res.keys_for(script), OWNER_CALLS[script](o.token))
     assert reply == expected
-    assert client.exists(res.status) == (1 if loss == "taken" else 0)
+    assert admin.exists(res.status) == (1 if loss == "taken" else 0)
     assert_unchanged(before, snapshot(res))

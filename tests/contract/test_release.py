@@ -31,7 +31,7 @@ from .helpers import (
 
 
 def test_deregister_deletes_record_keeps_fence_and_logs_final_state(
-    owner: Owner, call: Scripts, client: redis.Redis, claim: Claim
+    owner: Owner, call: Scripts, admin: redis.Redis, claim: Claim
 ) -> None:
     """After idle -> starting -> stopping -> stopped, deregister answers RELEASED "stopped",
     deletes the record, keeps the fence key (no TTL, value = the released token) and logs a
@@ -39,41 +39,41 @@ def test_deregister_deletes_record_keeps_fence_and_logs_final_state(
     res = owner.res
     for step in ("starting", "stopping", "stopped"):
         assert call("transition", res.keys_for("transition"), transition_args(owner.token, step))[0] == "OK"
-    record = hgetall(client, res.status)
-    length = client.xlen(res.log)
+    record = hgetall(admin, res.status)
+    length = admin.xlen(res.log)
     rid = new_request_id()
     assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token, request_id=rid)) == [
         "RELEASED",
         "stopped",
     ]
-    assert client.exists(res.status) == 0
-    assert client.get(res.fence) == str(owner.fencing_token).encode()
-    assert client.pttl(res.fence) == -1
-    assert client.xlen(res.log) == length + 1
-    entry = last_entry(client, res.log)
+    assert admin.exists(res.status) == 0
+    assert admin.get(res.fence) == str(owner.fencing_token).encode()
+    assert admin.pttl(res.fence) == -1
+    assert admin.xlen(res.log) == length + 1
+    entry = last_entry(admin, res.log)
     assert entry["event"] == "deregister"
     assert entry["state"] == "stopped"
     assert entry["fencingToken"] == str(owner.fencing_token)
     assert entry["requestId"] == rid
     for field in ("exchangeId", "exchangeName", "hostname", "instanceId"):
         assert entry[field] == record[field]
-    assert_recent_iso(client, entry["timestamp"])
+    assert_recent_iso(admin, entry["timestamp"])
     assert claim(res).fencing_token > owner.fencing_token
 
 
 @pytest.mark.parametrize("state", STATES)
-def test_deregister_logs_the_state_it_was_in(state: str, owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_deregister_logs_the_state_it_was_in(state: str, owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """Deregister is allowed from every state (it is not a transition) and reports and logs
     that state as the final one."""
-    client.hset(owner.res.status, "connectionState", state)
+    admin.hset(owner.res.status, "connectionState", state)
     reply = call("deregister", owner.res.keys_for("deregister"), deregister_args(owner.token))
     assert reply == ["RELEASED", state]
-    assert last_entry(client, owner.res.log)["state"] == state
-    assert client.exists(owner.res.status) == 0
+    assert last_entry(admin, owner.res.log)["state"] == state
+    assert admin.exists(owner.res.status) == 0
 
 
 def test_force_release_logs_reason_and_operator(
-    owner: Owner, call: Scripts, client: redis.Redis, snapshot: Callable[[Resource], Snapshot]
+    owner: Owner, call: Scripts, admin: redis.Redis, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """force_release removes an active holder: RELEASED with the holder's token and state; the
     record is deleted, the fence kept, and the entry carries the reason and operator (UTF-8 kept
@@ -86,14 +86,14 @@ def test_force_release_logs_reason_and_operator(
     reason = "stuck since 09:00 \u2014 feed frozen"
     reply = call("force_release", res.keys_for("force_release"), force_release_args(reason, "alice@ops"))
     assert reply == ["RELEASED", str(owner.fencing_token), "active"]
-    assert client.exists(res.status) == 0
-    assert client.get(res.fence) == str(owner.fencing_token).encode()
-    entry = last_entry(client, res.log)
+    assert admin.exists(res.status) == 0
+    assert admin.get(res.fence) == str(owner.fencing_token).encode()
+    entry = last_entry(admin, res.log)
     assert entry["event"] == "force_release"
     assert (entry["reason"], entry["operator"]) == (reason, "alice@ops")
     assert (entry["state"], entry["fencingToken"], entry["ip"]) == ("active", str(owner.fencing_token), "198.51.100.4")
     assert entry["instanceId"] == owner.instance_id
-    assert_recent_iso(client, entry["timestamp"])
+    assert_recent_iso(admin, entry["timestamp"])
     before = snapshot(res)
     assert call("heartbeat", [res.status], heartbeat_args(owner.token)) == ["EXPIRED"]
     assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token)) == ["EXPIRED"]

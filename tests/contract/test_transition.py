@@ -49,14 +49,14 @@ UNKNOWN_TARGETS = ["error", "connected", "unknown", "a" * 32]
 
 
 @pytest.fixture
-def in_state(claim: Claim, make_resource: Callable[[], Resource], client: redis.Redis) -> Callable[[str], Owner]:
+def in_state(claim: Claim, make_resource: Callable[[], Resource], admin: redis.Redis) -> Callable[[str], Owner]:
     """``in_state(state)``: a new resource claimed and put in *state* by direct HSET, with an old
     lastStateChange and no connectedAt, so that a transition's own writes can be told apart."""
 
     def make(state: str) -> Owner:
         o = claim(make_resource())
-        client.hset(o.res.status, mapping={"connectionState": state, "lastStateChange": OLD})
-        client.hdel(o.res.status, "connectedAt")
+        admin.hset(o.res.status, mapping={"connectionState": state, "lastStateChange": OLD})
+        admin.hdel(o.res.status, "connectedAt")
         return o
 
     return make
@@ -76,7 +76,7 @@ def test_transition_pair(
     target: str,
     in_state: Callable[[str], Owner],
     call: Scripts,
-    client: redis.Redis,
+    admin: redis.Redis,
     snapshot: Callable[[Resource], Snapshot],
 ) -> None:
     """Each of the 36 (from, to) pairs is applied iff it is an edge of pylivermore.TRANSITIONS
@@ -94,8 +94,8 @@ def test_transition_pair(
         return
     assert reply[:2] == ["OK", target]
     stamp = reply[2]
-    assert_recent_iso(client, stamp)
-    record = hgetall(client, o.res.status)
+    assert_recent_iso(admin, stamp)
+    record = hgetall(admin, o.res.status)
     assert record["connectionState"] == target
     assert record["lastStateChange"] == stamp
     assert record["transitionRequest"] == rid
@@ -103,14 +103,14 @@ def test_transition_pair(
         assert record["connectedAt"] == stamp
     else:
         assert "connectedAt" not in record
-    assert client.xlen(o.res.log) == before.xlen + 1
-    entry = last_entry(client, o.res.log)
+    assert admin.xlen(o.res.log) == before.xlen + 1
+    entry = last_entry(admin, o.res.log)
     assert entry["event"] == "state_transition"
     assert (entry["fromState"], entry["toState"]) == (source, target)
     assert entry["timestamp"] == stamp
     assert entry["fencingToken"] == str(o.fencing_token)
     assert entry["requestId"] == rid
-    assert 0 < client.pttl(o.res.status) <= before.pttl, "a transition must not renew the lease"
+    assert 0 < admin.pttl(o.res.status) <= before.pttl, "a transition must not renew the lease"
 
 
 def test_accepted_set_is_exactly_the_table(in_state: Callable[[str], Owner], call: Scripts) -> None:
@@ -172,7 +172,7 @@ def test_python_api_rejects_unknown_state_before_any_round_trip(client: redis.Re
 
 
 def test_expected_state_compare_and_set(
-    owner: Owner, call: Scripts, client: redis.Redis, snapshot: Callable[[Resource], Snapshot]
+    owner: Owner, call: Scripts, admin: redis.Redis, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """ARGV[4] (expected) is a compare-and-set: a mismatch answers BAD_TRANSITION with the actual
     state and writes nothing, even for a valid edge; a match applies the transition."""
@@ -183,11 +183,11 @@ def test_expected_state_compare_and_set(
     assert_unchanged(before, snapshot(owner.res))
     reply = call("transition", keys, transition_args(owner.token, "starting", expected="idle"))
     assert reply[:2] == ["OK", "starting"]
-    assert hgetall(client, owner.res.status)["connectionState"] == "starting"
+    assert hgetall(admin, owner.res.status)["connectionState"] == "starting"
 
 
 def test_custom_table(
-    owner: Owner, call: Scripts, client: redis.Redis, snapshot: Callable[[Resource], Snapshot]
+    owner: Owner, call: Scripts, admin: redis.Redis, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """ARGV[5] replaces the default table: with "idle>active active>idle", idle->active is applied
     (setting connectedAt) and active->idle too, while the default edge idle->starting is refused
@@ -199,7 +199,7 @@ def test_custom_table(
     assert_unchanged(before, snapshot(owner.res))
     reply = call("transition", keys, transition_args(owner.token, "active", table=table))
     assert reply[:2] == ["OK", "active"]
-    assert hgetall(client, owner.res.status)["connectedAt"] == reply[2]
+    assert hgetall(admin, owner.res.status)["connectedAt"] == reply[2]
     assert call("transition", keys, transition_args(owner.token, "idle", table=table))[:2] == ["OK", "idle"]
     # Back on the default table, idle -> active is not an edge.
     assert call("transition", keys, transition_args(owner.token, "active")) == ["BAD_TRANSITION", "idle"]
@@ -216,19 +216,19 @@ def test_custom_table_of_2048_bytes_is_accepted(owner: Owner, call: Scripts) -> 
     assert reply[:2] == ["OK", "starting"]
 
 
-def test_every_transition_sets_last_state_change(owner: Owner, call: Scripts, client: redis.Redis) -> None:
+def test_every_transition_sets_last_state_change(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
     """Walking the whole happy path, each step rewrites lastStateChange with the server's time
     (monotonic along the walk); connectedAt is set once, on entering active, and kept after."""
     keys = owner.res.keys_for("transition")
-    previous = hgetall(client, owner.res.status)["lastStateChange"]
+    previous = hgetall(admin, owner.res.status)["lastStateChange"]
     connected_at = None
     for step in ("starting", "warming", "active", "stopping", "stopped", "idle"):
-        client.hset(owner.res.status, "lastStateChange", OLD)
+        admin.hset(owner.res.status, "lastStateChange", OLD)
         reply = call("transition", keys, transition_args(owner.token, step))
         assert reply[:2] == ["OK", step]
-        record = hgetall(client, owner.res.status)
+        record = hgetall(admin, owner.res.status)
         assert record["lastStateChange"] == reply[2] >= previous
-        assert_recent_iso(client, reply[2])
+        assert_recent_iso(admin, reply[2])
         previous = reply[2]
         if step == "active":
             connected_at = reply[2]

@@ -24,7 +24,7 @@ from pylivermore import AsyncLease, AsyncRegistry, Lease, LeaseLostError, Regist
 from pylivermore._keys import Keys
 from pylivermore._scripts import load_scripts
 from pylivermore.server import RedisServer
-from tests.conftest import make_async_client, make_client
+from tests.conftest import make_admin_client, make_async_admin_client, make_async_client, make_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -80,20 +80,21 @@ def log_key(namespace: str, exchange_id: str | int) -> str:
     return Keys(namespace, str(exchange_id)).log
 
 
-def wait_for_beat(client: redis.Redis, key: str, timeout: float = HB + 1.0) -> float:
-    """Wait until *key*'s lastHeartbeat changes; return the monotonic time it was seen to change."""
-    first = client.hget(key, "lastHeartbeat")
+def wait_for_beat(admin: redis.Redis, key: str, timeout: float = HB + 1.0) -> float:
+    """Wait until *key*'s lastHeartbeat changes; return the monotonic time it was seen to change.
+    *admin* must be allowed HGET (the worker is not)."""
+    first = admin.hget(key, "lastHeartbeat")
     assert first is not None, f"{key} does not exist"
-    assert wait_until(lambda: client.hget(key, "lastHeartbeat") not in (None, first), timeout), "no heartbeat seen"
+    assert wait_until(lambda: admin.hget(key, "lastHeartbeat") not in (None, first), timeout), "no heartbeat seen"
     return time.monotonic()
 
 
-async def await_beat(client: aredis.Redis, key: str, timeout: float = HB + 1.0) -> float:
-    first = await client.hget(key, "lastHeartbeat")
+async def await_beat(admin: aredis.Redis, key: str, timeout: float = HB + 1.0) -> float:
+    first = await admin.hget(key, "lastHeartbeat")
     assert first is not None, f"{key} does not exist"
 
     async def changed() -> bool:
-        return await client.hget(key, "lastHeartbeat") not in (None, first)
+        return await admin.hget(key, "lastHeartbeat") not in (None, first)
 
     assert await await_until(changed, timeout), "no heartbeat seen"
     return time.monotonic()
@@ -114,7 +115,7 @@ def check_beats(beats: list[bytes]) -> None:
     assert max(gaps) < DEADLINE, f"a renewal gap of {max(gaps):.3f} s"
 
 
-def test_heartbeat_keeps_lease_alive_past_ttl_sync(client: redis.Redis, namespace: str) -> None:
+def test_heartbeat_keeps_lease_alive_past_ttl_sync(client: redis.Redis, admin: redis.Redis, namespace: str) -> None:
     """The heartbeat thread renews the lease for 3 x TTL: the record never disappears, its
     lastHeartbeat advances every interval, its TTL stays armed and the lease stays valid."""
     registry = Registry(client, namespace=namespace, **TIMING)
@@ -126,26 +127,28 @@ def test_heartbeat_keeps_lease_alive_past_ttl_sync(client: redis.Redis, namespac
         longest = 0  # the highest PTTL seen after a renewal: each one re-arms the full TTL
         end = time.monotonic() + 3 * TTL
         while time.monotonic() < end:
-            beat = client.hget(key, "lastHeartbeat")
+            beat = admin.hget(key, "lastHeartbeat")
             assert beat is not None, "the record expired although its heartbeat should renew it"
             if not beats or beats[-1] != beat:
                 beats.append(beat)
             if len(beats) > 1:  # renewed at least once (the claim set the first TTL)
-                longest = max(longest, client.pttl(key))
+                longest = max(longest, admin.pttl(key))
             time.sleep(0.05)
         check_beats(beats)
         assert (TTL - 0.25) * 1000 < longest <= TTL * 1000, f"renewals re-armed the TTL to at most {longest} ms"
         assert lease.is_valid
         assert lease.lost_reason is None
         assert not lost
-        assert 0 < client.pttl(key) <= TTL * 1000
+        assert 0 < admin.pttl(key) <= TTL * 1000
         assert lease.status().fencing_token == lease.fencing_token
         assert lease.release() is True
     finally:
         registry.close()
 
 
-async def test_heartbeat_keeps_lease_alive_past_ttl_async(aclient: aredis.Redis, namespace: str) -> None:
+async def test_heartbeat_keeps_lease_alive_past_ttl_async(
+    aclient: aredis.Redis, aadmin: aredis.Redis, namespace: str
+) -> None:
     """The heartbeat task renews the lease for 3 x TTL: the record never disappears, its
     lastHeartbeat advances every interval, its TTL stays armed and the lease stays valid."""
     registry = AsyncRegistry(aclient, namespace=namespace, **TIMING)
@@ -157,19 +160,19 @@ async def test_heartbeat_keeps_lease_alive_past_ttl_async(aclient: aredis.Redis,
         longest = 0  # the highest PTTL seen after a renewal: each one re-arms the full TTL
         end = time.monotonic() + 3 * TTL
         while time.monotonic() < end:
-            beat = await aclient.hget(key, "lastHeartbeat")
+            beat = await aadmin.hget(key, "lastHeartbeat")
             assert beat is not None, "the record expired although its heartbeat should renew it"
             if not beats or beats[-1] != beat:
                 beats.append(beat)
             if len(beats) > 1:  # renewed at least once (the claim set the first TTL)
-                longest = max(longest, await aclient.pttl(key))
+                longest = max(longest, await aadmin.pttl(key))
             await asyncio.sleep(0.05)
         check_beats(beats)
         assert (TTL - 0.25) * 1000 < longest <= TTL * 1000, f"renewals re-armed the TTL to at most {longest} ms"
         assert lease.is_valid
         assert lease.lost_reason is None
         assert not lost
-        assert 0 < await aclient.pttl(key) <= TTL * 1000
+        assert 0 < await aadmin.pttl(key) <= TTL * 1000
         assert (await lease.status()).fencing_token == lease.fencing_token
         assert await lease.release() is True
     finally:
@@ -182,11 +185,12 @@ async def test_heartbeat_keeps_lease_alive_past_ttl_async(aclient: aredis.Redis,
 def test_release_stops_heartbeats_sync(fresh_server: RedisServer, namespace: str) -> None:
     """After release() the heartbeat thread ends and not one more script call reaches the server."""
     client = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     registry = Registry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     try:
         lease = registry.claim(1, "Binance")
-        wait_for_beat(client, key)
+        wait_for_beat(admin, key)
         thread = registry._heartbeat._thread
         assert thread is not None
         assert thread.is_alive()
@@ -201,16 +205,18 @@ def test_release_stops_heartbeats_sync(fresh_server: RedisServer, namespace: str
     finally:
         registry.close()
         client.close()
+        admin.close()
 
 
 async def test_release_stops_heartbeats_async(fresh_server: RedisServer, namespace: str) -> None:
     """After release() the heartbeat task ends and not one more script call reaches the server."""
     client = make_async_client(fresh_server)
+    admin = make_async_admin_client(fresh_server)
     registry = AsyncRegistry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     try:
         lease = await registry.claim(1, "Binance")
-        await await_beat(client, key)
+        await await_beat(admin, key)
         task = registry._heartbeat._task
         assert task is not None
         assert not task.done()
@@ -223,6 +229,7 @@ async def test_release_stops_heartbeats_async(fresh_server: RedisServer, namespa
     finally:
         await registry.close()
         await client.aclose()
+        await admin.aclose()
 
 
 # -- c. operator force_release -------------------------------------------------------------------------
@@ -233,6 +240,7 @@ def test_force_release_is_seen_by_heartbeat_sync(fresh_server: RedisServer, name
     exactly once with the lease, lost_reason is "expired", and transition / set_symbol_count /
     record_error then raise LeaseLostError without any script call and without creating a key."""
     client = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     owner = Registry(client, namespace=namespace, **TIMING)
     operator = Registry(client, namespace=namespace)
     key, log = status_key(namespace, 1), log_key(namespace, 1)
@@ -248,7 +256,7 @@ def test_force_release_is_seen_by_heartbeat_sync(fresh_server: RedisServer, name
         assert lease.lost_reason == "expired"
         assert not lease.is_valid
 
-        calls, entries = script_calls(client.info("commandstats")), client.xlen(log)
+        calls, entries = script_calls(client.info("commandstats")), admin.xlen(log)
         ops: list[tuple[str, Callable[[], object]]] = [
             ("transition", lambda: lease.transition("warming")),
             ("set_symbol_count", lambda: lease.set_symbol_count(5)),
@@ -260,7 +268,7 @@ def test_force_release_is_seen_by_heartbeat_sync(fresh_server: RedisServer, name
             assert info.value.reason == "expired", name
             assert client.exists(key) == 0, f"{name} re-created the record"
         assert script_calls(client.info("commandstats")) == calls, "a refused operation still ran a script"
-        assert client.xlen(log) == entries
+        assert admin.xlen(log) == entries
         newest = owner.activity(1, count=1)[0]
         assert (newest.event, newest.operator, newest.reason) == ("force_release", "ops", "maintenance")
         assert lease.release() is False
@@ -269,6 +277,7 @@ def test_force_release_is_seen_by_heartbeat_sync(fresh_server: RedisServer, name
     finally:
         owner.close()
         client.close()
+        admin.close()
 
 
 async def test_force_release_is_seen_by_heartbeat_async(fresh_server: RedisServer, namespace: str) -> None:
@@ -276,6 +285,7 @@ async def test_force_release_is_seen_by_heartbeat_async(fresh_server: RedisServe
     exactly once with the lease, lost_reason is "expired", and transition / set_symbol_count /
     record_error then raise LeaseLostError without any script call and without creating a key."""
     client = make_async_client(fresh_server)
+    admin = make_async_admin_client(fresh_server)
     owner = AsyncRegistry(client, namespace=namespace, **TIMING)
     operator = AsyncRegistry(client, namespace=namespace)
     key, log = status_key(namespace, 1), log_key(namespace, 1)
@@ -291,7 +301,7 @@ async def test_force_release_is_seen_by_heartbeat_async(fresh_server: RedisServe
         assert lease.lost_reason == "expired"
         assert not lease.is_valid
 
-        calls, entries = script_calls(await client.info("commandstats")), await client.xlen(log)
+        calls, entries = script_calls(await client.info("commandstats")), await admin.xlen(log)
         ops: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("transition", lambda: lease.transition("warming")),
             ("set_symbol_count", lambda: lease.set_symbol_count(5)),
@@ -303,7 +313,7 @@ async def test_force_release_is_seen_by_heartbeat_async(fresh_server: RedisServe
             assert info.value.reason == "expired", name
             assert await client.exists(key) == 0, f"{name} re-created the record"
         assert script_calls(await client.info("commandstats")) == calls, "a refused operation still ran a script"
-        assert await client.xlen(log) == entries
+        assert await admin.xlen(log) == entries
         newest = (await owner.activity(1, count=1))[0]
         assert (newest.event, newest.operator, newest.reason) == ("force_release", "ops", "maintenance")
         assert await lease.release() is False
@@ -312,12 +322,13 @@ async def test_force_release_is_seen_by_heartbeat_async(fresh_server: RedisServe
     finally:
         await owner.close()
         await client.aclose()
+        await admin.aclose()
 
 
 # -- d. takeover ---------------------------------------------------------------------------------------
 
 
-def test_takeover_is_reported_as_taken_sync(client: redis.Redis, namespace: str) -> None:
+def test_takeover_is_reported_as_taken_sync(client: redis.Redis, admin: redis.Redis, namespace: str) -> None:
     """When another registry holds the record (DEL + claim right after one of the owner's
     heartbeats, so the owner's next beat finds the new holder), the owner's on_lost runs once
     with reason "taken", later transitions are refused, and the new holder's record is untouched."""
@@ -328,11 +339,11 @@ def test_takeover_is_reported_as_taken_sync(client: redis.Redis, namespace: str)
     stolen: Lease | None = None
     try:
         lease = owner.claim(1, "Binance", on_lost=lost.append)
-        seen = wait_for_beat(client, key)  # the owner's next beat is about HB away
-        client.delete(key)
+        seen = wait_for_beat(admin, key)  # the owner's next beat is about HB away
+        admin.delete(key)
         stolen = thief.claim(1, "Binance")
         assert time.monotonic() - seen < HB / 2, "the takeover was too slow for a deterministic outcome"
-        snapshot = client.hgetall(key)
+        snapshot = admin.hgetall(key)
         assert wait_until(lambda: lost, HB + 1.0), "the owner did not notice the takeover"
         assert lost_reasons(lost) == ["taken"]
         assert lost[0] is lease
@@ -342,7 +353,7 @@ def test_takeover_is_reported_as_taken_sync(client: redis.Redis, namespace: str)
         time.sleep(HB + 0.1)
         assert len(lost) == 1
         assert stolen.fencing_token > lease.fencing_token
-        assert client.hgetall(key) == snapshot, "the old owner wrote to the new holder's record"
+        assert admin.hgetall(key) == snapshot, "the old owner wrote to the new holder's record"
         assert snapshot[b"instanceId"] == thief.instance_id.encode()
     finally:
         if stolen is not None:
@@ -351,7 +362,7 @@ def test_takeover_is_reported_as_taken_sync(client: redis.Redis, namespace: str)
         thief.close()
 
 
-async def test_takeover_is_reported_as_taken_async(aclient: aredis.Redis, namespace: str) -> None:
+async def test_takeover_is_reported_as_taken_async(aclient: aredis.Redis, aadmin: aredis.Redis, namespace: str) -> None:
     """When another registry holds the record (DEL + claim right after one of the owner's
     heartbeats, so the owner's next beat finds the new holder), the owner's on_lost runs once
     with reason "taken", later transitions are refused, and the new holder's record is untouched."""
@@ -362,11 +373,11 @@ async def test_takeover_is_reported_as_taken_async(aclient: aredis.Redis, namesp
     stolen: AsyncLease | None = None
     try:
         lease = await owner.claim(1, "Binance", on_lost=lost.append)
-        seen = await await_beat(aclient, key)
-        await aclient.delete(key)
+        seen = await await_beat(aadmin, key)
+        await aadmin.delete(key)
         stolen = await thief.claim(1, "Binance")
         assert time.monotonic() - seen < HB / 2, "the takeover was too slow for a deterministic outcome"
-        snapshot = await aclient.hgetall(key)
+        snapshot = await aadmin.hgetall(key)
         assert await await_until(lambda: truthy(lost), HB + 1.0), "the owner did not notice the takeover"
         assert lost_reasons(lost) == ["taken"]
         assert lost[0] is lease
@@ -376,7 +387,7 @@ async def test_takeover_is_reported_as_taken_async(aclient: aredis.Redis, namesp
         await asyncio.sleep(HB + 0.1)
         assert len(lost) == 1
         assert stolen.fencing_token > lease.fencing_token
-        assert await aclient.hgetall(key) == snapshot, "the old owner wrote to the new holder's record"
+        assert await aadmin.hgetall(key) == snapshot, "the old owner wrote to the new holder's record"
         assert snapshot[b"instanceId"] == thief.instance_id.encode()
     finally:
         if stolen is not None:
@@ -393,12 +404,13 @@ def test_paused_server_loses_lease_at_deadline_sync(fresh_server: RedisServer, n
     lost with reason "deadline" between renew_deadline and renew_deadline + heartbeat_interval
     after the last acknowledged heartbeat; owner calls then fail at once, without a round trip."""
     client = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     registry = Registry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     lost: list[tuple[float, str | None]] = []
     try:
         lease = registry.claim(1, "Binance", on_lost=lambda ls: lost.append((time.monotonic(), ls.lost_reason)))
-        acked = wait_for_beat(client, key)  # the last heartbeat the server will acknowledge
+        acked = wait_for_beat(admin, key)  # the last heartbeat the server will acknowledge
         fresh_server.pause()
         try:
             assert wait_until(lambda: lost, DEADLINE + HB + 1.0), "no loss reported while the server was frozen"
@@ -419,6 +431,7 @@ def test_paused_server_loses_lease_at_deadline_sync(fresh_server: RedisServer, n
     finally:
         registry.close()
         client.close()
+        admin.close()
 
 
 async def test_paused_server_loses_lease_at_deadline_async(fresh_server: RedisServer, namespace: str) -> None:
@@ -426,12 +439,13 @@ async def test_paused_server_loses_lease_at_deadline_async(fresh_server: RedisSe
     lost with reason "deadline" between renew_deadline and renew_deadline + heartbeat_interval
     after the last acknowledged heartbeat; owner calls then fail at once, without a round trip."""
     client = make_async_client(fresh_server)
+    admin = make_async_admin_client(fresh_server)
     registry = AsyncRegistry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     lost: list[tuple[float, str | None]] = []
     try:
         lease = await registry.claim(1, "Binance", on_lost=lambda ls: lost.append((time.monotonic(), ls.lost_reason)))
-        acked = await await_beat(client, key)
+        acked = await await_beat(admin, key)
         fresh_server.pause()
         try:
             assert await await_until(lambda: truthy(lost), DEADLINE + HB + 1.0), "no loss while the server was frozen"
@@ -452,6 +466,7 @@ async def test_paused_server_loses_lease_at_deadline_async(fresh_server: RedisSe
     finally:
         await registry.close()
         await client.aclose()
+        await admin.aclose()
 
 
 # -- f. script cache flushed -----------------------------------------------------------------------------------
@@ -461,6 +476,7 @@ def test_script_flush_is_survived_sync(fresh_server: RedisServer, namespace: str
     """After SCRIPT FLUSH the next heartbeat reloads its script (NOSCRIPT) and renews, a
     transition reloads and applies exactly once, and the lease is never lost."""
     client = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     registry = Registry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     shas = [spec.sha1 for spec in load_scripts().values()]
@@ -469,13 +485,13 @@ def test_script_flush_is_survived_sync(fresh_server: RedisServer, namespace: str
     try:
         lease = registry.claim(1, "Binance", on_lost=lost.append)
         lease.transition("starting")
-        wait_for_beat(client, key)
-        client.script_flush()
-        assert client.script_exists(*shas) == [False] * len(shas)
-        wait_for_beat(client, key)
-        assert client.script_exists(beat_sha) == [True]
+        wait_for_beat(admin, key)
+        admin.script_flush()
+        assert admin.script_exists(*shas) == [False] * len(shas)
+        wait_for_beat(admin, key)
+        assert admin.script_exists(beat_sha) == [True]
         assert lease.transition("warming") is State.WARMING
-        wait_for_beat(client, key)
+        wait_for_beat(admin, key)
         assert lease.is_valid
         assert not lost
         assert lease.status().connection_state is State.WARMING
@@ -485,12 +501,14 @@ def test_script_flush_is_survived_sync(fresh_server: RedisServer, namespace: str
     finally:
         registry.close()
         client.close()
+        admin.close()
 
 
 async def test_script_flush_is_survived_async(fresh_server: RedisServer, namespace: str) -> None:
     """After SCRIPT FLUSH the next heartbeat reloads its script (NOSCRIPT) and renews, a
     transition reloads and applies exactly once, and the lease is never lost."""
     client = make_async_client(fresh_server)
+    admin = make_async_admin_client(fresh_server)
     registry = AsyncRegistry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     shas = [spec.sha1 for spec in load_scripts().values()]
@@ -499,13 +517,13 @@ async def test_script_flush_is_survived_async(fresh_server: RedisServer, namespa
     try:
         lease = await registry.claim(1, "Binance", on_lost=lost.append)
         await lease.transition("starting")
-        await await_beat(client, key)
-        await client.script_flush()
-        assert await client.script_exists(*shas) == [False] * len(shas)
-        await await_beat(client, key)
-        assert await client.script_exists(beat_sha) == [True]
+        await await_beat(admin, key)
+        await admin.script_flush()
+        assert await admin.script_exists(*shas) == [False] * len(shas)
+        await await_beat(admin, key)
+        assert await admin.script_exists(beat_sha) == [True]
         assert await lease.transition("warming") is State.WARMING
-        await await_beat(client, key)
+        await await_beat(admin, key)
         assert lease.is_valid
         assert not lost
         assert (await lease.status()).connection_state is State.WARMING
@@ -515,13 +533,14 @@ async def test_script_flush_is_survived_async(fresh_server: RedisServer, namespa
     finally:
         await registry.close()
         await client.aclose()
+        await admin.aclose()
 
 
 # -- g. a failing on_lost ---------------------------------------------------------------------------------
 
 
 def test_raising_on_lost_does_not_stop_other_leases_sync(
-    client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+    client: redis.Redis, admin: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An on_lost callback that raises is logged, and the registry's heartbeat thread goes on
     renewing its other leases for longer than a TTL."""
@@ -540,10 +559,10 @@ def test_raising_on_lost_does_not_stop_other_leases_sync(
         assert wait_until(lambda: calls, HB + 1.0), "on_lost was not called"
         assert calls == [doomed]
         other_key = status_key(namespace, 2)
-        beats = {client.hget(other_key, "lastHeartbeat")}
+        beats = {admin.hget(other_key, "lastHeartbeat")}
         end = time.monotonic() + TTL + HB
         while time.monotonic() < end:
-            beat = client.hget(other_key, "lastHeartbeat")
+            beat = admin.hget(other_key, "lastHeartbeat")
             assert beat is not None, "the other lease's record expired"
             beats.add(beat)
             time.sleep(0.05)
@@ -562,7 +581,7 @@ def test_raising_on_lost_does_not_stop_other_leases_sync(
 
 
 async def test_raising_on_lost_does_not_stop_other_leases_async(
-    aclient: aredis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+    aclient: aredis.Redis, aadmin: aredis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An on_lost callback that raises is logged, and the registry's heartbeat task goes on
     renewing its other leases for longer than a TTL."""
@@ -581,10 +600,10 @@ async def test_raising_on_lost_does_not_stop_other_leases_async(
         assert await await_until(lambda: truthy(calls), HB + 1.0), "on_lost was not called"
         assert calls == [doomed]
         other_key = status_key(namespace, 2)
-        beats = {await aclient.hget(other_key, "lastHeartbeat")}
+        beats = {await aadmin.hget(other_key, "lastHeartbeat")}
         end = time.monotonic() + TTL + HB
         while time.monotonic() < end:
-            beat = await aclient.hget(other_key, "lastHeartbeat")
+            beat = await aadmin.hget(other_key, "lastHeartbeat")
             assert beat is not None, "the other lease's record expired"
             beats.add(beat)
             await asyncio.sleep(0.05)
@@ -651,7 +670,7 @@ def failing_resolver() -> pylivermore.Address:
 
 
 def test_failing_resolver_is_logged_and_harmless_sync(
-    client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+    client: redis.Redis, admin: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A resolver that raises is logged as a warning; the lease stays valid, keeps being renewed
     and accepts transitions, and the record has no address."""
@@ -662,7 +681,7 @@ def test_failing_resolver_is_logged_and_harmless_sync(
         assert wait_until(lambda: resolver_failures(caplog), 2.0), "the resolver's failure was not logged"
         (record,) = resolver_failures(caplog)
         assert "address service unreachable" in record.getMessage()
-        wait_for_beat(client, status_key(namespace, 1))
+        wait_for_beat(admin, status_key(namespace, 1))
         assert lease.transition("starting") is State.STARTING
         assert lease.is_valid
         assert not lost
@@ -674,7 +693,7 @@ def test_failing_resolver_is_logged_and_harmless_sync(
 
 
 async def test_failing_resolver_is_logged_and_harmless_async(
-    aclient: aredis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+    aclient: aredis.Redis, aadmin: aredis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A resolver that raises is logged as a warning; the lease stays valid, keeps being renewed
     and accepts transitions, and the record has no address."""
@@ -685,7 +704,7 @@ async def test_failing_resolver_is_logged_and_harmless_async(
         assert await await_until(lambda: truthy(resolver_failures(caplog)), 2.0), "the failure was not logged"
         (record,) = resolver_failures(caplog)
         assert "address service unreachable" in record.getMessage()
-        await await_beat(aclient, status_key(namespace, 1))
+        await await_beat(aadmin, status_key(namespace, 1))
         assert await lease.transition("starting") is State.STARTING
         assert lease.is_valid
         assert not lost
@@ -762,7 +781,8 @@ def test_evicting_policy_warns_once_sync(
     """Under an evicting maxmemory-policy the first claim logs exactly one WARNING on
     pylivermore.registry naming the policy (and still claims); the next claim logs nothing more."""
     client = make_client(fresh_server)
-    client.config_set("maxmemory-policy", policy)
+    with make_admin_client(fresh_server) as admin:
+        admin.config_set("maxmemory-policy", policy)
     registry = Registry(client, namespace=namespace, **TIMING)
     try:
         first = registry.claim(1, "Binance")
@@ -786,9 +806,10 @@ def test_noeviction_policy_does_not_warn_sync(
 ) -> None:
     """With the default noeviction policy a claim logs no warning on pylivermore.registry."""
     client = make_client(fresh_server)
+    admin = make_admin_client(fresh_server)
     registry = Registry(client, namespace=namespace, **TIMING)
     try:
-        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         lease = registry.claim(1, "Binance")
         registry.claim(2, "Kraken").release()
         assert eviction_warnings(caplog) == []
@@ -796,6 +817,7 @@ def test_noeviction_policy_does_not_warn_sync(
     finally:
         registry.close()
         client.close()
+        admin.close()
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
@@ -805,7 +827,11 @@ async def test_evicting_policy_warns_once_async(
     """Under an evicting maxmemory-policy the first claim logs exactly one WARNING on
     pylivermore.registry naming the policy (and still claims); the next claim logs nothing more."""
     client = make_async_client(fresh_server)
-    await client.config_set("maxmemory-policy", policy)
+    admin = make_async_admin_client(fresh_server)
+    try:
+        await admin.config_set("maxmemory-policy", policy)
+    finally:
+        await admin.aclose()
     registry = AsyncRegistry(client, namespace=namespace, **TIMING)
     try:
         first = await registry.claim(1, "Binance")
@@ -829,9 +855,10 @@ async def test_noeviction_policy_does_not_warn_async(
 ) -> None:
     """With the default noeviction policy a claim logs no warning on pylivermore.registry."""
     client = make_async_client(fresh_server)
+    admin = make_async_admin_client(fresh_server)
     registry = AsyncRegistry(client, namespace=namespace, **TIMING)
     try:
-        assert await client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert await admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         lease = await registry.claim(1, "Binance")
         await (await registry.claim(2, "Kraken")).release()
         assert eviction_warnings(caplog) == []
@@ -839,3 +866,4 @@ async def test_noeviction_policy_does_not_warn_async(
     finally:
         await registry.close()
         await client.aclose()
+        await admin.aclose()

@@ -44,6 +44,7 @@ from pylivermore import (
 )
 from pylivermore._keys import Keys
 from pylivermore.server import RedisServer, find_server_binary
+from tests.conftest import make_admin_client
 
 EXCHANGE_ID = 7
 IDENTITIES = ["worker-a:1:aaaaaa", "worker-a:1:aaaaaa", "worker-b:2:bbbbbb"]
@@ -136,6 +137,7 @@ class RegistryMachine(RuleBasedStateMachine):
         super().__init__()
         assert _server is not None, "the model_server fixture must be active"
         self.client = redis.Redis.from_url(_server.url, socket_timeout=5.0, retry=Retry(NoBackoff(), 0))
+        self.admin = make_admin_client(_server)  # the machine's own faults and inspection; registries use client
         self.namespace = "m" + secrets.token_hex(5)
         self.keys = Keys(self.namespace, str(EXCHANGE_ID))
         self.registries = [
@@ -157,8 +159,9 @@ class RegistryMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for registry in self.registries:
             registry.close()
-        self.client.delete(self.keys.status, self.keys.log, self.keys.fence)
+        self.admin.delete(self.keys.status, self.keys.log, self.keys.fence)
         self.client.close()
+        self.admin.close()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -198,7 +201,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @initialize()
     def empty_at_start(self) -> None:
-        assert self.client.exists(self.keys.status, self.keys.log, self.keys.fence) == 0
+        assert self.admin.exists(self.keys.status, self.keys.log, self.keys.fence) == 0
 
     @rule(target=leases, who=st.integers(0, len(IDENTITIES) - 1), reclaim=st.booleans())
     def claim(self, who: int, reclaim: bool) -> object:
@@ -314,9 +317,9 @@ class RegistryMachine(RuleBasedStateMachine):
     def dispossess(self, how: str, who: int) -> None:
         """The record goes away behind the owner's back: TTL expiry (simulated) or an operator's force release."""
         if how == "delete":
-            self.client.delete(self.keys.status)
+            self.admin.delete(self.keys.status)
         elif how == "pexpire":
-            self.client.pexpire(self.keys.status, 1)
+            self.admin.pexpire(self.keys.status, 1)
             time.sleep(0.005)
         else:
             removed = self.registries[who].force_release(EXCHANGE_ID, "model test", operator="operator")
@@ -345,12 +348,12 @@ class RegistryMachine(RuleBasedStateMachine):
         assert status.symbol_count == self.model.symbol_count
         assert status.last_error == self.model.last_error
         assert (status.connected_at is not None) == self.model.connected
-        assert 0 < self.client.pttl(self.keys.status) <= TTL * 1000
+        assert 0 < self.admin.pttl(self.keys.status) <= TTL * 1000
 
     @invariant()
     def log_and_fence_match_model(self) -> None:
-        assert self.client.xlen(self.keys.log) == self.model.log_len
-        fence = self.client.get(self.keys.fence)
+        assert self.admin.xlen(self.keys.log) == self.model.log_len
+        fence = self.admin.get(self.keys.fence)
         assert (int(fence) if fence is not None else 0) == self.model.last_token
 
     @invariant()

@@ -121,7 +121,9 @@ print(json.dumps({
 """
 
 
-def test_installed_wheel_claims_a_resource(installed: Installed, redis_server: RedisServer, namespace: str) -> None:
+def test_installed_wheel_claims_a_resource(
+    installed: Installed, redis_server: RedisServer, admin: redis.Redis, namespace: str
+) -> None:
     """From a directory outside the repository, the venv's interpreter imports pylivermore from the venv,
     loads the packaged scripts, claims a resource on the session server and reports its fencing token."""
     out = _run(
@@ -138,12 +140,8 @@ def test_installed_wheel_claims_a_resource(installed: Installed, redis_server: R
     assert Path(report["lua_dir"]).resolve().is_relative_to(venv_root)
     assert report["scripts"] == sorted(p.name.split("-")[0] for p in (ROOT / "lua").glob("*.lua"))
     assert report["released"] is True
-    client = redis.Redis.from_url(redis_server.url)
-    try:
-        fence = client.get(f"{namespace}:{{1}}:fence")
-        events = [fields[b"event"] for _, fields in client.xrange(f"{namespace}:{{1}}:log")]
-    finally:
-        client.close()
+    fence = admin.get(f"{namespace}:{{1}}:fence")
+    events = [fields[b"event"] for _, fields in admin.xrange(f"{namespace}:{{1}}:log")]
     assert isinstance(report["token"], int)
     assert report["token"] > 0
     assert fence is not None

@@ -227,7 +227,7 @@ def test_sigkilled_owner_expires_after_its_ttl_and_contender_takes_over(
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_sigstopped_owner_resumed_after_takeover_stands_down_without_writing(
-    mode: str, client: redis.Redis, namespace: str, start_owner: Callable[[str], OwnerProcess]
+    mode: str, client: redis.Redis, admin: redis.Redis, namespace: str, start_owner: Callable[[str], OwnerProcess]
 ) -> None:
     """P3: an owner frozen (SIGSTOP) for longer than its TTL loses the record to a contender;
     after SIGCONT it must not act: within 2 s its ``on_lost`` fires once (reason "taken" or
@@ -248,10 +248,10 @@ def test_sigstopped_owner_resumed_after_takeover_stands_down_without_writing(
         lease = contender.claim(EXCHANGE, "Contender")  # the frozen owner could not renew: no conflict
         assert lease.fencing_token > claimed["fencing_token"]
 
-        before = client.hgetall(keys.status)
-        log_before = client.xrange(keys.log)
-        fence_before = client.get(keys.fence)
-        keys_before = sorted(client.scan_iter(match=f"{namespace}:*"))
+        before = admin.hgetall(keys.status)
+        log_before = admin.xrange(keys.log)
+        fence_before = admin.get(keys.fence)
+        keys_before = sorted(admin.scan_iter(match=f"{namespace}:*"))
         assert before[b"fencingToken"] == str(lease.fencing_token).encode()
         assert before[b"instanceId"] == contender.instance_id.encode()
 
@@ -278,14 +278,14 @@ def test_sigstopped_owner_resumed_after_takeover_stands_down_without_writing(
             assert report["reason"] == lost["reason"]
         assert not [e for e in owner.events if e["event"] == "lost_again"]
 
-        after = client.hgetall(keys.status)
+        after = admin.hgetall(keys.status)
         for field in (b"fencingToken", b"instanceId", b"ownerDigest"):
             assert after.get(field) == before[field], field
         assert after == before, "the resumed owner changed the contender's record"
-        assert client.pttl(keys.status) > (QUIET["ttl"] - 5) * 1000, "the resumed owner re-armed the TTL"
-        assert client.xrange(keys.log) == log_before, "the resumed owner wrote to the activity log"
-        assert client.get(keys.fence) == fence_before == str(lease.fencing_token).encode()
-        assert sorted(client.scan_iter(match=f"{namespace}:*")) == keys_before, "the resumed owner created a key"
+        assert admin.pttl(keys.status) > (QUIET["ttl"] - 5) * 1000, "the resumed owner re-armed the TTL"
+        assert admin.xrange(keys.log) == log_before, "the resumed owner wrote to the activity log"
+        assert admin.get(keys.fence) == fence_before == str(lease.fencing_token).encode()
+        assert sorted(admin.scan_iter(match=f"{namespace}:*")) == keys_before, "the resumed owner created a key"
         assert lease.is_valid
     finally:
         if lease is not None:

@@ -33,8 +33,15 @@ def server() -> Iterator[RedisServer]:
         "--user", "worker", *acl.worker_rules("exchange", "w-secret"),
         "--user", "dashboard", *acl.dashboard_rules("exchange", "d-secret"),
     ]  # fmt: skip
-    with RedisServer(extra_args=users) as s:
+    # This server has users of its own: the suite's (PYLIVERMORE_REDIS_ARGS, see tests/conftest.py)
+    # would define ``default`` and ``admin`` a second time, so they are left out while it starts.
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("PYLIVERMORE_REDIS_ARGS", raising=False)
+        s = RedisServer(extra_args=users).start()
+    try:
         yield s
+    finally:
+        s.close()
 
 
 def connect(server: RedisServer, user: str, password: str) -> redis.Redis:
