@@ -38,8 +38,10 @@ test-redis: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pylivermore.demo
 
+# Quick form (< 3 min on 2 cores): per operation, contention grid, 10,000 leases; ratios printed, reports in
+# benchmarks/out/. Full form: $(PY) benchmarks/bench.py --full; CI smoke form: --smoke. Plots need '.[bench]'.
 bench: $(STAMP)
-	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis

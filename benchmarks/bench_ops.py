@@ -2,40 +2,67 @@
 
 Everything runs side by side in one process against one private redis-server, on one
 connection with retries off, so the figures that matter are the ratios (this machine is
-shared and noisy). Run: ``make bench`` or ``python benchmarks/bench_ops.py [--seconds S]``.
+shared and noisy). Run: ``python benchmarks/bench_ops.py [--seconds S] [--json FILE]``; ``make bench``
+runs it as part of ``benchmarks/bench.py``.
 
 Client side: operations per second through the public API vs the raw command
 (claim vs ``SET NX PX``, heartbeat vs ``PEXPIRE``, transition vs ``HSET``, status read vs
-``HGETALL``). Server side: microseconds per call from ``INFO commandstats`` (after
-``CONFIG RESETSTAT``), each script next to ``SET NX PX``.
+``HGETALL``), each pair measured in alternating slices so that load changes hit both alike.
+Server side: microseconds per call from ``INFO commandstats`` (after ``CONFIG RESETSTAT``),
+each script next to ``SET NX PX``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pylivermore import Registry, State
+from pylivermore import ClaimConflictError, Registry, State
 from pylivermore.server import RedisServer
 
 
-def rate(fn: Callable[[int], object], seconds: float) -> float:
-    """Calls per second of fn(i), measured for about *seconds*."""
+def _run_for(fn: Callable[[int], object], seconds: float, first: int) -> tuple[int, float]:
+    """Call fn(first), fn(first + 1), ... for about *seconds*; returns (calls, elapsed)."""
     n, start = 0, time.perf_counter()
     end = start + seconds
     while True:
-        for _ in range(100):
-            fn(n)
+        for _ in range(20):
+            fn(first + n)
             n += 1
         now = time.perf_counter()
         if now >= end:
-            return n / (now - start)
+            return n, now - start
+
+
+def paired_rates(
+    a: Callable[[int], object], b: Callable[[int], object], seconds: float, slices: int = 10
+) -> tuple[float, float]:
+    """Calls per second of a(i) and of b(i), about *seconds* each, measured in alternating
+    slices (a b, b a, a b, ...) so that a change in the machine's load hits both alike."""
+    count = {a: 0, b: 0}
+    spent = {a: 0.0, b: 0.0}
+    for k in range(slices):
+        for fn in (a, b) if k % 2 == 0 else (b, a):
+            n, t = _run_for(fn, seconds / slices, count[fn])
+            count[fn] += n
+            spent[fn] += t
+    return count[a] / spent[a], count[b] / spent[b]
+
+
+def _conflict(registry: Registry, exchange_id: str) -> None:
+    try:
+        registry.claim(exchange_id, "Bench")
+    except ClaimConflictError:
+        return
+    raise AssertionError(f"claiming {exchange_id} again did not conflict")
 
 
 def usec_per_call(client: redis.Redis) -> dict[str, float]:
@@ -43,48 +70,64 @@ def usec_per_call(client: redis.Redis) -> dict[str, float]:
     return {k.removeprefix("cmdstat_"): v["usec_per_call"] for k, v in stats.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
-    parser.add_argument("--json", help="write the results to this file")
-    args = parser.parse_args()
-    with RedisServer() as server:
-        client = redis.Redis.from_url(server.url, retry=Retry(NoBackoff(), 0), single_connection_client=True)
-        registry = Registry(client, namespace="bench", ttl=45, heartbeat_interval=15, renew_deadline=30)
-        results: dict[str, float] = {}
+def measure(url: str, seconds: float = 1.0, server_calls: int = 2000) -> dict[str, Any]:
+    """Every figure of this benchmark, on the server at *url* (which must allow CONFIG RESETSTAT)."""
+    client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), single_connection_client=True)
+    registry = Registry(client, namespace="bench", ttl=45, heartbeat_interval=15, renew_deadline=30)
+    results: dict[str, float] = {}
 
-        results["raw SET NX PX"] = rate(lambda i: client.set(f"raw:{{{i}}}", "v", nx=True, px=45000), args.seconds)
-        results["claim"] = rate(lambda i: registry.claim(i + 1, "Bench"), args.seconds)
-        registry.close()  # keep the background heartbeat out of the single-connection figures
-        lease = registry.claim("hb", "Bench")
+    lease = registry.claim("hb", "Bench")
+    steps = [State.STARTING, State.STOPPING, State.STOPPED, State.IDLE]
+    status_key = f"bench:{{{lease.exchange_id}}}:status"  # the key layout of lua/README.md
+    client.set("raw:{0}", "v")
+    client.hset("raw:h", "connectionState", "x")
+    for op, raw, op_fn, raw_fn in (
+        (
+            "claim",
+            "raw SET NX PX",
+            lambda i: registry.claim(i + 1, "Bench"),
+            lambda i: client.set(f"raw:{{{i + 1}}}", "v", nx=True, px=45000),
+        ),
+        ("heartbeat", "raw PEXPIRE", lambda i: lease.heartbeat(), lambda i: client.pexpire("raw:{0}", 45000)),
+        (
+            "transition",
+            "raw HSET",
+            lambda i: lease.transition(steps[i % 4]),
+            lambda i: client.hset("raw:h", "connectionState", steps[i % 4].value),
+        ),
+        ("status read", "raw HGETALL", lambda i: registry.get("hb"), lambda i: client.hgetall(status_key)),
+    ):
+        results[op], results[raw] = paired_rates(op_fn, raw_fn, seconds)
+        # keep the background heartbeat out of the single-connection figures (nothing is due
+        # within the measurement anyway: it renews every 15 s)
         registry.close()
-        results["raw PEXPIRE"] = rate(lambda i: client.pexpire("raw:{0}", 45000), args.seconds)
-        results["heartbeat"] = rate(lambda i: lease.heartbeat(), args.seconds)
-        results["raw HSET"] = rate(lambda i: client.hset("raw:h", "connectionState", "x"), args.seconds)
-        steps = [State.STARTING, State.STOPPING, State.STOPPED, State.IDLE]
-        results["transition"] = rate(lambda i: lease.transition(steps[i % 4]), args.seconds)
-        results["raw HGETALL"] = rate(lambda i: client.hgetall(lease._core.keys.status), args.seconds)
-        results["status read"] = rate(lambda i: registry.get("hb"), args.seconds)
 
+    client.config_resetstat()
+    for i in range(server_calls):
+        client.set(f"raw2:{{{i}}}", "v", nx=True, px=45000)
+    usec_set = usec_per_call(client)["set"]
+    server_side: dict[str, float] = {"SET NX PX": usec_set}
+    for label, op in (
+        ("claim", lambda i: registry.claim(f"s{i}", "Bench")),
+        ("claim, conflict", lambda i: _conflict(registry, "hb")),
+        ("heartbeat", lambda i: lease.heartbeat()),
+        ("transition", lambda i: lease.transition(steps[i % 4])),
+    ):
+        registry.close()
         client.config_resetstat()
-        for i in range(2000):
-            client.set(f"raw2:{{{i}}}", "v", nx=True, px=45000)
-        usec_set = usec_per_call(client)["set"]
-        server_side: dict[str, float] = {"SET NX PX": usec_set}
-        for label, op in (
-            ("claim", lambda i: registry.claim(f"s{i}", "Bench")),
-            ("heartbeat", lambda i: lease.heartbeat()),
-            ("transition", lambda i: lease.transition(steps[i % 4])),
-        ):
-            registry.close()
-            client.config_resetstat()
-            for i in range(2000):
-                op(i)
-            server_side[label] = usec_per_call(client)["evalsha"]
-        registry.close()
-        memory = client.memory_usage(lease._core.keys.status) or 0
-        client.close()
+        for i in range(server_calls):
+            op(i)
+        server_side[label] = usec_per_call(client)["evalsha"]
+    registry.close()
+    memory = client.memory_usage(status_key) or 0
+    client.flushall()
+    client.close()
+    return {"seconds": seconds, "ops_per_second": results, "server_usec_per_call": server_side, "record_bytes": memory}
 
+
+def print_results(data: dict[str, Any]) -> None:
+    results, server_side = data["ops_per_second"], data["server_usec_per_call"]
+    usec_set = server_side["SET NX PX"]
     print(f"{'operation':<12} {'ops/s':>9} {'raw':<14} {'ops/s':>9} {'ratio':>6}")
     for op, raw in (
         ("claim", "raw SET NX PX"),
@@ -96,10 +139,21 @@ def main() -> None:
     print(f"\nserver side, usec per call (ratio to SET NX PX = {usec_set:.2f} us)")
     for op, us in server_side.items():
         print(f"  {op:<12} {us:>6.2f} us  {us / usec_set:>5.1f}x")
-    print(f"\nMEMORY USAGE of one live record: {memory} bytes")
+    print(f"\nMEMORY USAGE of one live record: {data['record_bytes']} bytes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    os.environ.pop("PYLIVERMORE_REDIS_ARGS", None)  # a plain server: CONFIG RESETSTAT, MEMORY USAGE
+    with RedisServer() as server:
+        data = measure(server.url, args.seconds)
+    print_results(data)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ops_per_second": results, "server_usec_per_call": server_side, "record_bytes": memory}, fh)
+            json.dump(data, fh)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pylivermore import ClaimConflictError, Lease, Registry
 from pylivermore._keys import Keys
 from pylivermore.server import RedisServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(60)]
 
 TTL, HB, DEADLINE = 1.5, 0.5, 1.0
 TIMING = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
