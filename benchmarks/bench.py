@@ -1,0 +1,172 @@
+"""All of pylivermore's benchmarks in one run, on one private redis-server, side by side:
+
+1. per operation (``bench_ops.py``): each operation next to the raw command of the same shape;
+2. contention (``bench_contention.py``): pylivermore, a port of the seed's original logic, an
+   optimistic WATCH/MULTI/EXEC implementation and redis-py's ``Lock`` + plain status writes,
+   on the grid W workers x R resources, same workload, same retry pacing;
+3. many leases (``bench_many.py``): renewing and listing 10,000 leases held by one process.
+
+Modes: ``--smoke`` (seconds; for CI), the default quick form (``make bench``, under 3 minutes on
+2 cores), ``--full`` (T = 20 s per contention run, more repetitions). Writes ``bench.json``,
+``bench.md`` and, with matplotlib installed (``pip install -e '.[bench]'``), PNG plots into
+``--out`` (default ``benchmarks/out``). Only ratios within one run mean anything: the machine
+may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import bench_ops
+import redis
+import report
+from bench_contention import int_list, run_contention
+from bench_many import run_many
+from impls import DEFAULT_IMPLS, IMPLS
+
+from pylivermore.server import RedisServer
+
+MODES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "duration": 0.2,
+        "rounds": 1,
+        "leases": 1000,
+        "repeats": 1,
+        "interval": 1.0,
+        "ops_seconds": 0.1,
+        "server_calls": 200,
+    },
+    "quick": {
+        "duration": 3.0,
+        "rounds": 2,
+        "leases": 10_000,
+        "repeats": 3,
+        "interval": 5.0,
+        "ops_seconds": 1.0,
+        "server_calls": 2000,
+    },
+    "full": {
+        "duration": 20.0,
+        "rounds": 4,
+        "leases": 10_000,
+        "repeats": 7,
+        "interval": 5.0,
+        "ops_seconds": 3.0,
+        "server_calls": 5000,
+    },
+}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def machine(server: RedisServer) -> str:
+    try:
+        import hiredis
+
+        hiredis_version = hiredis.__version__
+    except ImportError:
+        hiredis_version = "none"
+    server_version = ".".join(str(p) for p in server.version)
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"redis-py {redis.__version__} + hiredis {hiredis_version}, {os.path.basename(server.binary)} "
+        f"{server_version}; load average at start {load}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="seconds, for CI")
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default (make bench)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="T = 20 s per contention run")
+    parser.add_argument("--duration", type=float, help="seconds per implementation and grid cell (T)")
+    parser.add_argument("--rounds", type=int, help="T is split into this many interleaved rounds")
+    parser.add_argument("--workers", type=int_list, default=[1, 8, 64], help="W values, comma-separated")
+    parser.add_argument("--resources", type=int_list, default=[1, 8], help="R values, comma-separated")
+    parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma-separated, from {', '.join(IMPLS)}")
+    parser.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="worker processes at most")
+    parser.add_argument("--pace-ms", type=float, default=2.0, help="sleep after a conflict (fixed part)")
+    parser.add_argument("--jitter-ms", type=float, default=2.0, help="sleep after a conflict (random part, uniform)")
+    parser.add_argument("--leases", type=int, help="leases held by one process in the many-lease benchmark")
+    parser.add_argument("--repeats", type=int, help="repetitions of each many-lease measurement (median)")
+    parser.add_argument("--ops-seconds", type=float, help="seconds per per-operation measurement (0: skip)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ops, contention, many")
+    parser.add_argument("--out", default=os.path.join(HERE, "out"), help="directory for JSON, Markdown, PNG")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args()
+    preset = MODES[args.mode or "quick"]
+    duration = args.duration if args.duration is not None else preset["duration"]
+    rounds = args.rounds if args.rounds is not None else preset["rounds"]
+    leases = args.leases if args.leases is not None else preset["leases"]
+    repeats = args.repeats if args.repeats is not None else preset["repeats"]
+    ops_seconds = args.ops_seconds if args.ops_seconds is not None else preset["ops_seconds"]
+    impls = [i for i in args.impls.split(",") if i]
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown:
+        parser.error(f"unknown implementation(s) {unknown}; choose from {list(IMPLS)}")
+    skip = {s for s in args.skip.split(",") if s}
+
+    # The baselines need commands a least-privilege test user lacks (WATCH, FLUSHALL, CONFIG):
+    # this benchmark always runs its own plain server, whatever a test suite set for its servers.
+    os.environ.pop("PYLIVERMORE_REDIS_ARGS", None)
+    started = time.monotonic()
+    data: dict[str, Any] = {
+        "mode": args.mode or "quick",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "settings": {
+            "duration_s": duration,
+            "rounds": rounds,
+            "workers": args.workers,
+            "resources": args.resources,
+            "impls": impls,
+            "procs": args.procs,
+            "pace_ms": args.pace_ms,
+            "jitter_ms": args.jitter_ms,
+            "leases": leases,
+            "repeats": repeats,
+            "ops_seconds": ops_seconds,
+        },
+    }
+    with RedisServer() as server:
+        data["machine"] = machine(server)
+        print(f"machine: {data['machine']}", file=sys.stderr)
+        if ops_seconds > 0 and "ops" not in skip:
+            print(f"-- per operation ({ops_seconds:g} s per measurement)", file=sys.stderr, flush=True)
+            data["ops"] = bench_ops.measure(server.url, ops_seconds, preset["server_calls"])
+        if "contention" not in skip:
+            print(f"-- contention (T = {duration:g} s per run, {rounds} rounds)", file=sys.stderr, flush=True)
+            data["contention"] = run_contention(
+                server.url,
+                impls=impls,
+                workers=args.workers,
+                resources=args.resources,
+                duration=duration,
+                rounds=rounds,
+                procs=args.procs,
+                pace=args.pace_ms / 1000,
+                jitter=args.jitter_ms / 1000,
+            )
+            data["contention_ratios"] = report.contention_ratios(data["contention"])
+        if "many" not in skip:
+            print(f"-- many leases ({leases:,})", file=sys.stderr, flush=True)
+            data["many"] = run_many(server.url, leases=leases, repeats=repeats, interval=preset["interval"])
+    data["total_seconds"] = time.monotonic() - started
+
+    json_path, md_path, pngs, note = report.write_reports(data, args.out, plots=not args.no_plots)
+    print()
+    print(report.markdown(data))
+    print(f"total {data['total_seconds']:.1f} s; wrote {json_path}, {md_path}" + "".join(f", {p}" for p in pngs))
+    if note:
+        print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
