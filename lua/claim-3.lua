@@ -60,6 +60,27 @@ if not retention then return bad('retention_ms must be an integer from 1000 to 3
 -- writes made before a runtime error.
 local kind = rcall('TYPE', status)['ok']
 if kind ~= 'hash' and kind ~= 'none' then return {'CORRUPT', 'status key holds a ' .. kind .. ', not a hash'} end
+
+-- Decide first whether this call writes at all: a conflict (the hot path under contention)
+-- or a retried claim reads only the status record.
+local digest = redis.sha1hex(token)
+local how, replaced = 'new', ''
+if kind == 'hash' then
+  local held = rcall('HMGET', status, 'ownerDigest', 'instanceId', 'fencingToken')
+  if not held[1] or not string.find(held[1], '^%x+$') or #held[1] ~= 40 or not held[3] or not int_in(held[3], 1, 9007199254740991) then
+    return {'CORRUPT', 'status hash lacks a valid ownerDigest or fencingToken'}
+  end
+  if held[1] == digest then return {'CLAIMED', held[3], 'retry'} end
+  if reclaim == '1' and held[2] == instance_id then
+    how, replaced = 'reclaim', held[3]
+  else
+    local reply = {'CONFLICT', rcall('PTTL', status)}
+    local record = rcall('HGETALL', status)
+    for i = 1, #record do reply[i + 2] = record[i] end
+    return reply
+  end
+end
+
 local log_kind = rcall('TYPE', log)['ok']
 if log_kind ~= 'stream' and log_kind ~= 'none' then return {'CORRUPT', 'log key holds a ' .. log_kind .. ', not a stream'} end
 local last_fence = 0
@@ -69,25 +90,6 @@ if fence_kind == 'string' then
   if not last_fence then return {'CORRUPT', 'fence key does not hold a decimal integer'} end
 elseif fence_kind ~= 'none' then
   return {'CORRUPT', 'fence key holds a ' .. fence_kind .. ', not a string'}
-end
-
-local digest = redis.sha1hex(token)
-local how, replaced = 'new', ''
-if kind == 'hash' then
-  local held = rcall('HMGET', status, 'ownerDigest', 'instanceId', 'fencingToken')
-  if not held[1] or not string.find(held[1], '^%x+$') or #held[1] ~= 40 or not held[3] or not int_in(held[3], 1, 9007199254740991) then
-    return {'CORRUPT', 'status hash lacks a valid ownerDigest or fencingToken'}
-  end
-  local pttl = rcall('PTTL', status)
-  if held[1] == digest then return {'CLAIMED', held[3], 'retry'} end
-  if reclaim == '1' and held[2] == instance_id then
-    how, replaced = 'reclaim', held[3]
-  else
-    local reply = {'CONFLICT', pttl}
-    local record = rcall('HGETALL', status)
-    for i = 1, #record do reply[i + 2] = record[i] end
-    return reply
-  end
 end
 
 local t = rcall('TIME')

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from ._keys import Keys
 from ._scripts import load_scripts
 from .errors import ClaimConflictError, CorruptStatusError, ScriptContractError
-from .models import decode_status, pairs_to_dict
 
 REPLIES: dict[str, frozenset[str]] = {
     "claim": frozenset({"CLAIMED", "CONFLICT", "CORRUPT"}),
@@ -53,11 +52,11 @@ def noscript_indexes(replies: Sequence[object]) -> list[int]:
     return [i for i, r in enumerate(replies) if isinstance(r, Exception) and str(r).startswith("No matching script")]
 
 
-def words(script: str, reply: object) -> list[str]:
-    """A script reply as a list of ``str``; the first item is a reply word the script may send."""
+def words(script: str, reply: object, limit: int | None = None) -> list[str]:
+    """A script reply (its first *limit* items) as ``str``; the first is a reply word the script may send."""
     if not isinstance(reply, list | tuple) or not reply:
         raise ScriptContractError(script, reply)
-    out = [x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else str(x) for x in reply]
+    out = [x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else str(x) for x in reply[:limit]]
     if out[0] not in REPLIES[script]:
         raise ScriptContractError(script, reply)
     return out
@@ -91,18 +90,15 @@ def claim_call(
 
 def parse_claim(reply: object, keys: Keys, wire_id: str) -> tuple[int, str]:
     """``(fencing_token, how)``; raise :class:`ClaimConflictError` with the holder and its TTL."""
-    w = words("claim", reply)
+    w = words("claim", reply, 3)
     _corrupt(w, keys.status)
     if w[0] == "CONFLICT":
         if len(w) < 2 or not _INT.fullmatch(w[1]):
             raise ScriptContractError("claim", reply)
-        pttl = int(w[1])
-        try:
-            holder = decode_status(pairs_to_dict(w[2:]), keys.status)
-        except CorruptStatusError:
-            holder = None
-        raise ClaimConflictError(wire_id, holder, max(pttl, 0) / 1000.0)
-    if len(w) != 3 or not _DIGITS.fullmatch(w[1]):
+        # The holder's fields stay raw until someone reads .holder (most callers just retry).
+        assert isinstance(reply, list | tuple)
+        raise ClaimConflictError(wire_id, list(reply[2:]), max(int(w[1]), 0) / 1000.0)
+    if len(reply) != 3 or not _DIGITS.fullmatch(w[1]):  # type: ignore[arg-type]
         raise ScriptContractError("claim", reply)
     return int(w[1]), w[2]
 

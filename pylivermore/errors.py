@@ -7,6 +7,7 @@ Every class keeps its data in ``args`` so that instances pickle and unpickle int
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,11 +26,32 @@ class ClaimConflictError(LivermoreError):
     it renews it.
     """
 
-    def __init__(self, exchange_id: str, holder: InstanceStatus | None, ttl: float) -> None:
+    def __init__(
+        self,
+        exchange_id: str,
+        holder: InstanceStatus | Sequence[bytes | str] | Mapping[str, str] | None,
+        ttl: float,
+    ) -> None:
         super().__init__(exchange_id, holder, ttl)
         self.exchange_id = exchange_id
-        self.holder = holder
+        self._holder = holder
         self.ttl = ttl
+
+    @property
+    def holder(self) -> InstanceStatus | None:
+        """The holder's record, decoded on first use: under contention most claims conflict,
+        and most callers only retry."""
+        from .models import InstanceStatus, decode_status, pairs_to_dict
+
+        raw = self._holder
+        if raw is None or isinstance(raw, InstanceStatus):
+            return raw
+        try:
+            decoded = decode_status(raw if isinstance(raw, Mapping) else pairs_to_dict(raw), self.exchange_id)
+        except CorruptStatusError:
+            decoded = None
+        self._holder = decoded
+        return decoded
 
     def __str__(self) -> str:
         h = self.holder
