@@ -80,7 +80,11 @@ def pairs_to_dict(flat: Sequence[bytes | str]) -> dict[str, str]:
 
 
 def text_dict(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
+    """A hash reply as a ``str`` dict (a listing decodes thousands: keep the common case lean)."""
+    try:  # a client without decode_responses: every key and value is bytes
+        return {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape") for k, v in raw.items()}  # type: ignore[union-attr]
+    except AttributeError:
+        return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def decode_status(fields: Mapping[str, str], key: str) -> InstanceStatus:
