@@ -39,10 +39,10 @@ from pylivermore._scripts import load_scripts
 from pylivermore.server import RedisServer
 from tests.chaos.proxy import FaultProxy
 from tests.conftest import make_async_client, make_client
+from tests.support import DEADLINE, HB, TTL, await_beat, await_until, wait_for_beat, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(60)]
 
-TTL, HB, DEADLINE = 1.5, 0.5, 1.0
 TIMING: dict[str, Any] = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
 #: The library bounds each heartbeat attempt by this (``RegistryConfig.heartbeat_timeout``).
 BEAT_TIMEOUT = min(HB / 2, (DEADLINE - HB) / 2)
@@ -72,44 +72,6 @@ def async_owner_client(proxy: FaultProxy, policy: str, **kwargs: Any) -> aredis.
 
 def recorder(lost: Lost) -> Callable[[Any], None]:
     return lambda lease: lost.append((time.monotonic(), lease.lost_reason))
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-async def await_until(predicate: Callable[[], Awaitable[object]], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
-    return True
-
-
-def wait_for_beat(admin: redis.Redis, key: str) -> float:
-    """Wait for the next renewal of *key*; return when it was seen (monotonic clock). *admin* must
-    be allowed HGET (the worker is not)."""
-    first = admin.hget(key, "lastHeartbeat")
-    assert first is not None, f"{key} does not exist"
-    assert wait_until(lambda: admin.hget(key, "lastHeartbeat") not in (None, first), HB + 1.0), "no heartbeat"
-    return time.monotonic()
-
-
-async def await_beat(admin: aredis.Redis, key: str) -> float:
-    first = await admin.hget(key, "lastHeartbeat")
-    assert first is not None, f"{key} does not exist"
-
-    async def changed() -> bool:
-        return await admin.hget(key, "lastHeartbeat") not in (None, first)
-
-    assert await await_until(changed, HB + 1.0), "no heartbeat"
-    return time.monotonic()
 
 
 def events(raw: list[Any]) -> list[dict[str, str]]:

@@ -29,8 +29,8 @@ from pylivermore._keys import Keys
 from pylivermore._scripts import load_scripts
 from pylivermore.server import RedisServer, find_server_binary
 from tests.conftest import ACL_MODE, make_admin_client, make_async_client, make_client
+from tests.support import DEADLINE, HB, TTL, Background, LossLog, await_beat, await_until, wait_for_beat, wait_until
 
-TTL, HB, DEADLINE = 1.5, 0.5, 1.0
 TIMING: dict[str, Any] = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
 #: A contender whose own heartbeat cannot write during a test: every change to its record comes from someone else.
 QUIET: dict[str, Any] = {"ttl": 30.0, "heartbeat_interval": 10.0, "renew_deadline": 20.0}
@@ -43,47 +43,9 @@ SHA = {name: spec.sha1 for name, spec in load_scripts().items()}
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-async def await_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
-    """Like :func:`wait_until`, but lets the event loop (and the registry's heartbeat task) run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
-
-
 async def settle(result: object) -> Any:
     """The result of a call on a sync lease, or of an awaited call on an asyncio lease."""
     return await result if inspect.isawaitable(result) else result
-
-
-def beat_seen(admin: redis.Redis, key: str) -> Callable[[], bool]:
-    first = admin.hget(key, "lastHeartbeat")
-    assert first is not None, f"{key} does not exist"
-    return lambda: admin.hget(key, "lastHeartbeat") not in (None, first)
-
-
-def wait_for_beat(admin: redis.Redis, key: str) -> float:
-    """Wait until *key*'s lastHeartbeat changes; return when that was seen (after the beat was sent)."""
-    assert wait_until(beat_seen(admin, key), HB + 1.0), "no heartbeat seen"
-    return time.monotonic()
-
-
-async def await_beat(admin: redis.Redis, key: str) -> float:
-    assert await await_until(beat_seen(admin, key), HB + 1.0), "no heartbeat seen"
-    return time.monotonic()
 
 
 def snapshot(admin: redis.Redis, keys: Keys) -> tuple[dict[bytes, bytes], list[Any], bytes | None]:
@@ -113,40 +75,6 @@ def script_stats(admin: redis.Redis) -> dict[str, int]:
         "noscript": int(evalsha.get("failed_calls", 0)),
         "load": int(info.get("cmdstat_script|load", {}).get("calls", 0)),
     }
-
-
-class LossLog:
-    """An ``on_lost`` callback that records (monotonic time, lost_reason) of each call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[float, str | None]] = []
-
-    def __call__(self, lease: Lease | AsyncLease) -> None:
-        self.calls.append((time.monotonic(), lease.lost_reason))
-
-
-class Background:
-    """Run *fn* in a daemon thread; keep its result or exception and when it finished."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.finished_at: float | None = None
-        self._fn = fn
-        self._thread = threading.Thread(target=self._run, name="chaos-background", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self._fn()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.finished_at = time.monotonic()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"background call still running after {timeout} s"
 
 
 class CommandLog:

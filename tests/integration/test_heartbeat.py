@@ -25,10 +25,10 @@ from pylivermore._keys import Keys
 from pylivermore._scripts import load_scripts
 from pylivermore.server import RedisServer
 from tests.conftest import make_admin_client, make_async_admin_client, make_async_client, make_client
+from tests.support import DEADLINE, HB, TTL, await_beat, await_until, wait_for_beat, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-TTL, HB, DEADLINE = 1.5, 0.5, 1.0
 TIMING: dict[str, Any] = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
 #: For a second owner whose own heartbeat must not write during a test.
 QUIET: dict[str, Any] = {"ttl": 30.0, "heartbeat_interval": 10.0, "renew_deadline": 20.0}
@@ -36,26 +36,6 @@ SCRIPT_COMMANDS = ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdsta
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-async def await_until(predicate: Callable[[], Awaitable[object]], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
 
 
 async def truthy(value: object) -> object:
@@ -78,26 +58,6 @@ def status_key(namespace: str, exchange_id: str | int) -> str:
 
 def log_key(namespace: str, exchange_id: str | int) -> str:
     return Keys(namespace, str(exchange_id)).log
-
-
-def wait_for_beat(admin: redis.Redis, key: str, timeout: float = HB + 1.0) -> float:
-    """Wait until *key*'s lastHeartbeat changes; return the monotonic time it was seen to change.
-    *admin* must be allowed HGET (the worker is not)."""
-    first = admin.hget(key, "lastHeartbeat")
-    assert first is not None, f"{key} does not exist"
-    assert wait_until(lambda: admin.hget(key, "lastHeartbeat") not in (None, first), timeout), "no heartbeat seen"
-    return time.monotonic()
-
-
-async def await_beat(admin: aredis.Redis, key: str, timeout: float = HB + 1.0) -> float:
-    first = await admin.hget(key, "lastHeartbeat")
-    assert first is not None, f"{key} does not exist"
-
-    async def changed() -> bool:
-        return await admin.hget(key, "lastHeartbeat") not in (None, first)
-
-    assert await await_until(changed, timeout), "no heartbeat seen"
-    return time.monotonic()
 
 
 def lost_reasons(calls: list[Any]) -> list[str | None]:
