@@ -53,8 +53,6 @@ if #held[1] ~= 40 or not string.find(held[1], '^%x+$') or not held[2] or not str
 end
 if held[1] ~= redis.sha1hex(token) then return {'TAKEN', held[2]} end
 if held[4] == request_id then return {'OK', held[10] or ''} end
-local log_kind = rcall('TYPE', log)['ok']
-if log_kind ~= 'stream' and log_kind ~= 'none' then return {'CORRUPT', 'log key holds a ' .. log_kind .. ', not a stream'} end
 
 local t = rcall('TIME')
 local sec, usec = tonumber(t[1]), tonumber(t[2])
@@ -77,9 +75,15 @@ local function iso(s, us)
 end
 local now = iso(sec, usec)
 
-rcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
+-- XADD is the first write: if the log key holds another type it fails (WRONGTYPE) and
+-- nothing has been written; any other error (OOM) is passed on as it is.
+local added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
   'event', 'error', 'timestamp', now, 'exchangeId', held[5], 'exchangeName', held[6],
   'hostname', held[7], 'ip', held[8] or '', 'error', message, 'state', held[3],
   'fencingToken', held[2], 'instanceId', held[9] or '', 'requestId', request_id)
+if type(added) == 'table' then
+  if string.sub(added['err'], 1, 9) == 'WRONGTYPE' then return {'CORRUPT', 'log key is not a stream'} end
+  return redis.error_reply(added['err'])
+end
 rcall('HSET', status, 'lastError', message, 'lastErrorAt', now, 'errorRequest', request_id)
 return {'OK', now}

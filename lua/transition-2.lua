@@ -35,9 +35,6 @@ local function bad(what) return redis.error_reply('ERR pylivermore bad-args: ' .
 -- abort edges); each edge is wrapped in spaces so that a plain find matches whole names only.
 local DEFAULT = ' idle>starting starting>warming starting>stopping starting>idle warming>active warming>stopping warming>idle active>stopping stopping>stopped stopped>idle '
 
-if #token < 16 or #token > 128 or not string.find(token, '^[%w_%-]+$') then
-  return bad('token must be 16-128 characters of [A-Za-z0-9_-]')
-end
 if #request_id < 1 or #request_id > 64 or not string.find(request_id, '^[%w_%-]+$') then
   return bad('request_id must be 1-64 characters of [A-Za-z0-9_-]')
 end
@@ -59,23 +56,27 @@ end
 
 local held = redis.pcall('HMGET', status, 'ownerDigest', 'fencingToken', 'connectionState', 'transitionRequest',
   'exchangeId', 'exchangeName', 'hostname', 'ipAddress', 'adminEmail', 'instanceId', 'lastStateChange')
+-- The stored digest is sha1hex of a token that the claim checked: when it matches, neither the
+-- token nor the digest needs a pattern check (on every other path the token is checked first).
+local mine = held[1] and #token <= 128 and held[1] == redis.sha1hex(token)
+if not mine and (#token < 16 or #token > 128 or not string.find(token, '^[%w_%-]+$')) then
+  return bad('token must be 16-128 characters of [A-Za-z0-9_-]')
+end
 if held['err'] then return {'CORRUPT', 'status key is not a hash'} end
 if not held[1] then
   if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no ownerDigest'} end
   return {'EXPIRED'}
 end
 local current = held[3]
-if #held[1] ~= 40 or not string.find(held[1], '^%x+$') or not held[2] or not string.find(held[2], '^[1-9]%d*$')
+if (not mine and (#held[1] ~= 40 or not string.find(held[1], '^%x+$'))) or not held[2] or not string.find(held[2], '^[1-9]%d*$')
     or not current or not string.find(current, '^[a-z_]+$') or not held[5] or not held[6] or not held[7] then
   return {'CORRUPT', 'status hash lacks a valid ownerDigest, fencingToken, connectionState or identity'}
 end
-if held[1] ~= redis.sha1hex(token) then return {'TAKEN', held[2]} end
+if not mine then return {'TAKEN', held[2]} end
 if held[4] == request_id then return {'OK', current, held[11] or ''} end
 if (expected ~= '' and current ~= expected) or not string.find(edges, ' ' .. current .. '>' .. to .. ' ', 1, true) then
   return {'BAD_TRANSITION', current}
 end
-local log_kind = rcall('TYPE', log)['ok']
-if log_kind ~= 'stream' and log_kind ~= 'none' then return {'CORRUPT', 'log key holds a ' .. log_kind .. ', not a stream'} end
 
 local t = rcall('TIME')
 local sec, usec = tonumber(t[1]), tonumber(t[2])
@@ -98,10 +99,16 @@ local function iso(s, us)
 end
 local now = iso(sec, usec)
 
-rcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
+-- XADD is the first write: if the log key holds another type it fails (WRONGTYPE) and
+-- nothing has been written; any other error (OOM) is passed on as it is.
+local added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
   'event', 'state_transition', 'timestamp', now, 'exchangeId', held[5], 'exchangeName', held[6],
   'hostname', held[7], 'ip', held[8] or '', 'fromState', current, 'toState', to, 'adminEmail', held[9] or '',
   'fencingToken', held[2], 'instanceId', held[10] or '', 'requestId', request_id)
+if type(added) == 'table' then
+  if string.sub(added['err'], 1, 9) == 'WRONGTYPE' then return {'CORRUPT', 'log key is not a stream'} end
+  return redis.error_reply(added['err'])
+end
 if to == 'active' then
   rcall('HSET', status, 'connectionState', to, 'lastStateChange', now, 'transitionRequest', request_id, 'connectedAt', now)
 else
