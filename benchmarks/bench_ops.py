@@ -176,7 +176,8 @@ def print_results(data: dict[str, Any]) -> None:
         print(f"{op:<12} {results[op]:>9.0f} {raw:<14} {results[raw]:>9.0f} {results[op] / results[raw]:>6.2f}")
     print("\nserver side, usec per call; SET NX PX interleaved call by call in the same window")
     for op, cost in server_side.items():
-        print(f"  {op:<30} {cost['usec']:>6.2f} us  SET NX PX {cost['set_usec']:>5.2f} us  {cost['usec'] / cost['set_usec']:>5.1f}x")
+        us, set_us = cost["usec"], cost["set_usec"]
+        print(f"  {op:<30} {us:>6.2f} us  SET NX PX {set_us:>5.2f} us  {us / set_us:>5.1f}x")
     print(f"\nMEMORY USAGE of one live record: {data['record_bytes']} bytes")
 
 
