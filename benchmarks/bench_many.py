@@ -9,7 +9,7 @@
     instant; the round lasts from that instant until the heartbeat thread's last clock read
     after its last renewal reply (nothing else in the process reads that clock then). Redis
     confirms afterwards that every record was renewed (``PTTL``). This follows whatever the
-    registry's heartbeat does (one script call per lease, or pipelined batches);
+    registry's heartbeat does (today: one ``renew_many`` script call per 256 leases);
   - *explicit*: one ``lease.heartbeat()`` per lease, sequentially (see :func:`renewal_round`).
 * **Listing**: ``registry.instances()`` (every live record, decoded) next to a raw ``SCAN`` +
   pipelined ``HGETALL`` of the same keys with the same ``SCAN`` parameters (no decoding).
@@ -47,9 +47,8 @@ RAW_LISTING = "listing (raw SCAN + pipelined HGETALL)"
 def renewal_round(registry: Registry, leases: Sequence[Lease]) -> None:
     """One full renewal round through pylivermore's public API.
 
-    Today the registry renews one lease per round trip (its background heartbeat calls the same
-    script per lease), so the round is one ``lease.heartbeat()`` per lease. If the registry
-    gains a batch renewal, call it here.
+    The public API renews one lease per call (``lease.heartbeat()``); the registry's background
+    heartbeat batches them (``renew_many``), which the *background* figure measures.
     """
     for lease in leases:
         lease.heartbeat()

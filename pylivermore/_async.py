@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
@@ -23,8 +24,8 @@ from redis.exceptions import RedisError, ResponseError
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
-from ._lease import BATCH, LeaseCore, Schedule, plan_beats, settle_beats
-from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
+from ._lease import LeaseCore, Schedule, renewal_calls, settle_renewal
+from ._protocol import Call, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LeaseLostError, LivermoreError
@@ -90,25 +91,6 @@ class AsyncRegistry:
 
     async def _run(self, call: Call) -> Any:
         return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
-
-    async def _run_batch(self, calls: list[Call]) -> list[Any]:
-        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            sha, numkeys, rest = evalsha_args(call)
-            pipe.evalsha(sha, numkeys, *rest)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = noscript_indexes(replies)
-        if missing:  # the script cache was flushed: load and send those calls again, once
-            for name in {calls[i].script for i in missing}:
-                await self._client.script_load(load_scripts()[name].source)
-            pipe = self._client.pipeline(transaction=False)
-            for i in missing:
-                sha, numkeys, rest = evalsha_args(calls[i])
-                pipe.evalsha(sha, numkeys, *rest)
-            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-                replies[i] = reply
-        return replies
 
     def _spawn(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
@@ -373,6 +355,8 @@ class _Heartbeat:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._planned = 0.0  # when the loop will wake next (monotonic clock)
+        client = registry._client
+        self._slot_of = client.keyslot if isinstance(client, RedisCluster) else None
 
     def add(self, lease: AsyncLease) -> None:
         self._schedule.add(lease, lease._core)
@@ -397,19 +381,18 @@ class _Heartbeat:
 
     async def _loop(self) -> None:
         clock, registry = self._registry._clock, self._registry
+        ahead = registry._config.renew_ahead
         while self._schedule:
-            due = self._schedule.pop_due(clock())
-            planned = plan_beats(due, _core_of, clock())
-            for start in range(0, len(planned), BATCH):
-                chunk = planned[start : start + BATCH]
+            due = self._schedule.pop_due(clock() + ahead)
+            for cores, call in renewal_calls(due, _core_of, clock(), ahead, self._slot_of):
                 sent = clock()
                 # Bounded: no retry policy or slow server may hold a renewal past the deadline.
-                budget = min(registry._config.heartbeat_timeout, max(min(c.deadline for c, _ in chunk) - sent, 0.001))
+                budget = min(registry._config.heartbeat_timeout, max(min(c.deadline for c in cores) - sent, 0.001))
                 try:
-                    replies = await asyncio.wait_for(registry._run_batch([call for _, call in chunk]), budget)
+                    reply = await asyncio.wait_for(registry._run(call), budget)
                 except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
-                    replies = [exc] * len(chunk)
-                settle_beats(chunk, replies, sent, clock())
+                    reply = exc
+                settle_renewal(cores, reply, sent, clock())
             for lease in due:
                 self._schedule.push(lease)
             wake = self._schedule.next_wake()

@@ -116,6 +116,9 @@ class RegistryConfig:
         # the loop past the deadline (a client's own retry policy is not used for heartbeats).
         # Bounded also by half the margin ttl - renew_deadline, so that a loss noticed at the end of
         # a blocked attempt is still reported before the server can expire the record.
+        # The heartbeat loop renews, with each wake-up, the leases due within this much time too,
+        # so that leases claimed close together share renewal calls instead of each waking it.
+        self.renew_ahead = self.heartbeat_interval / 10
         self.heartbeat_timeout = min(
             self.heartbeat_interval / 2,
             (self.renew_deadline - self.heartbeat_interval) / 2,

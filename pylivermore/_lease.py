@@ -159,11 +159,13 @@ class LeaseCore:
             self.lose("deadline")
         self.next_beat = now + self.settings.heartbeat_interval / 4
 
-    def beat_due(self, now: float) -> bool:
-        """True when a heartbeat should be sent now; marks the lease lost at its deadline."""
+    def beat_due(self, now: float, ahead: float = 0.0) -> bool:
+        """True when a heartbeat should be sent now (or within *ahead* seconds: renewing a little
+        early lets one call renew leases that come due close together); marks the lease lost at
+        its deadline."""
         if self.lost_reason is None and now >= self.deadline:
             self.lose("deadline")
-        return self.lost_reason is None and now >= self.next_beat
+        return self.lost_reason is None and now + ahead >= self.next_beat
 
     def wake_at(self) -> float:
         """When the heartbeat loop must next look at this lease (a beat, or the deadline)."""
@@ -346,33 +348,53 @@ class Schedule(Generic[T]):
         return self._heap[0][0] if self._heap else None
 
 
-#: Heartbeats of one registry go out in pipelines of at most this many calls.
+#: At most this many leases are renewed by one ``renew_many`` call (the script takes up to 1000).
 BATCH = 256
 
+#: One renewal call: the cores of the leases it renews, in the order of its keys, and the call.
+Renewal = tuple[list[LeaseCore], proto.Call]
 
-#: Heartbeats planned for one batch: each lease's core with its call.
-Planned = list[tuple[LeaseCore, proto.Call]]
 
-
-def plan_beats(items: Iterable[T], core_of: Callable[[T], LeaseCore], now: float) -> Planned:
-    """The heartbeat calls due now among *items* (leases whose turn has come)."""
-    planned: Planned = []
+def renewal_calls(
+    items: Iterable[T],
+    core_of: Callable[[T], LeaseCore],
+    now: float,
+    ahead: float = 0.0,
+    slot_of: Callable[[str], int] | None = None,
+) -> list[Renewal]:
+    """The ``renew_many`` calls for the leases among *items* whose heartbeat is due now or
+    within *ahead* seconds, at most :data:`BATCH` leases per call. A Redis Cluster runs a script
+    only on keys of one hash slot, so with *slot_of* (cluster clients) they are grouped by slot."""
+    groups: dict[tuple[int, int], list[LeaseCore]] = {}
     for item in items:
         c = core_of(item)
-        if c.beat_due(now):
-            planned.append((c, proto.heartbeat_call(c.keys, c.token, c.settings.ttl_ms)))
-    return planned
+        if c.beat_due(now, ahead):
+            slot = slot_of(c.keys.status) if slot_of is not None else 0
+            groups.setdefault((slot, c.settings.ttl_ms), []).append(c)
+    calls: list[Renewal] = []
+    for (_, ttl_ms), cores in groups.items():
+        for start in range(0, len(cores), BATCH):
+            chunk = cores[start : start + BATCH]
+            calls.append((chunk, proto.renew_many_call([c.keys for c in chunk], [c.token for c in chunk], ttl_ms)))
+    return calls
 
 
-def settle_beats(planned: Planned, replies: Sequence[object], sent: float, now: float) -> None:
-    """Apply a batch of heartbeat replies (or the exception that stood for each); never raises."""
-    for (c, _), reply in zip(planned, replies, strict=True):
-        if isinstance(reply, BaseException):
-            logger.warning("heartbeat of exchange %s failed: %r", c.exchange_id, reply)
-            c.heartbeat_failed(now)
-            continue
+def settle_renewal(cores: Sequence[LeaseCore], reply: object, sent: float, now: float) -> None:
+    """Apply the reply of one renewal call (or the exception that stood for it); never raises."""
+    failure: BaseException | None = reply if isinstance(reply, BaseException) else None
+    if failure is None:
         try:
-            c.heartbeat_done(reply, sent, now)
+            replies = proto.split_renewals(reply, len(cores))
+        except ScriptContractError as exc:
+            failure = exc
+    if failure is not None:
+        logger.warning("heartbeat of %d lease(s) failed: %r", len(cores), failure)
+        for c in cores:
+            c.heartbeat_failed(now)
+        return
+    for c, one in zip(cores, replies, strict=True):
+        try:
+            c.heartbeat_done(one, sent, now)
         except LeaseLostError:
             pass
         except Exception as exc:

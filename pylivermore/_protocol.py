@@ -19,6 +19,7 @@ from .errors import ClaimConflictError, CorruptStatusError, ScriptContractError
 REPLIES: dict[str, frozenset[str]] = {
     "claim": frozenset({"CLAIMED", "CONFLICT", "CORRUPT"}),
     "heartbeat": frozenset({"RENEWED", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "renew_many": frozenset({"RENEWED", "EXPIRED", "TAKEN", "CORRUPT"}),
     "transition": frozenset({"OK", "BAD_TRANSITION", "EXPIRED", "TAKEN", "CORRUPT"}),
     "update": frozenset({"OK", "EXPIRED", "TAKEN", "CORRUPT"}),
     "record_error": frozenset({"OK", "EXPIRED", "TAKEN", "CORRUPT"}),
@@ -108,6 +109,18 @@ def parse_claim(reply: object, keys: Keys, wire_id: str) -> tuple[int, str]:
 
 def heartbeat_call(keys: Keys, token: str, ttl_ms: int) -> Call:
     return Call("heartbeat", (keys.status,), (token, str(ttl_ms)))
+
+
+def renew_many_call(keys: Sequence[Keys], tokens: Sequence[str], ttl_ms: int) -> Call:
+    """Renew every lease of *keys* (with its token) in one call: ``lua/renew_many-n.lua``."""
+    return Call("renew_many", tuple(k.status for k in keys), (str(ttl_ms), *tokens))
+
+
+def split_renewals(reply: object, count: int) -> list[object]:
+    """The per-lease replies of a renew_many call (each shaped as a heartbeat reply)."""
+    if not isinstance(reply, list | tuple) or len(reply) != count:
+        raise ScriptContractError("renew_many", reply)
+    return list(reply)
 
 
 def transition_call(

@@ -1,9 +1,10 @@
 """Load the Lua scripts and read their contract headers.
 
 Each ``lua/<name>-<numkeys>.lua`` starts with a ``--[[ ... ]]`` header listing its KEYS, its
-ARGV and every reply word. :func:`check_headers` compares each header with the script body
-and with the reply words the Python protocol maps; ``python -m pylivermore._scripts`` runs it
-(``make lint`` does).
+ARGV and every reply word. A script named ``<name>-n.lua`` takes any number of keys: its header
+documents ``KEYS[1]`` and its arguments; each further key brings one more argument.
+:func:`check_headers` compares each header with the script body and with the reply words
+the Python protocol maps; ``python -m pylivermore._scripts`` runs it (``make lint`` does).
 
 In a wheel the scripts are packaged as ``pylivermore/lua``; in a source checkout they are
 read from the repository's top-level ``lua/``.
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-_FILE = re.compile(r"([a-z_]+)-(\d+)\.lua")
+_FILE = re.compile(r"([a-z_]+)-(\d+|n)\.lua")
 _HEADER = re.compile(r"\A--\[\[(.*?)\]\]", re.S)
 _HEADER_ITEM = re.compile(r"^\s*(KEYS|ARGV)\[(\d+)\]\s+(\w+)", re.M)
 _HEADER_REPLY = re.compile(r'\{"([A-Z_]+)"')
 _BODY_ITEM = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
 _BODY_REPLY = re.compile(r"\{'([A-Z_]+)'")
 _BODY_GUARD = re.compile(r"if #KEYS ~= (\d+) or #ARGV ~= (\d+) then")
+_VARIADIC_GUARD = re.compile(r"if #KEYS < 1 or #KEYS > \d+ or #ARGV ~= #KEYS \+ (\d+) then")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class ScriptSpec:
     keys: tuple[str, ...]
     argv: tuple[str, ...]
     replies: frozenset[str]
+    variadic: bool = False  # <name>-n.lua: KEYS[1] documented, any number of keys accepted
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}-{'n' if self.variadic else self.numkeys}.lua"
 
 
 def lua_dir() -> Path:
@@ -58,12 +65,13 @@ def _parse(path: Path) -> ScriptSpec:
     reply_part = header.group(1).split("Reply", 1)[-1].split("Errors", 1)[0]
     return ScriptSpec(
         name=m.group(1),
-        numkeys=int(m.group(2)),
+        numkeys=1 if m.group(2) == "n" else int(m.group(2)),
         source=source,
         sha1=hashlib.sha1(source.encode()).hexdigest(),
         keys=tuple(name for kind, _, name in items if kind == "KEYS"),
         argv=tuple(name for kind, _, name in items if kind == "ARGV"),
         replies=frozenset(_HEADER_REPLY.findall(reply_part)),
+        variadic=m.group(2) == "n",
     )
 
 
@@ -81,18 +89,25 @@ def check_headers(specs: Mapping[str, ScriptSpec], mapped: Mapping[str, frozense
         header_src = _HEADER.match(spec.source)
         assert header_src is not None
         body = spec.source[header_src.end() :]
-        where = f"{spec.name}-{spec.numkeys}.lua"
+        where = spec.filename
         header_items = _HEADER_ITEM.findall(header_src.group(1))
         for kind, count in (("KEYS", spec.numkeys), ("ARGV", len(spec.argv))):
             documented = sorted(int(i) for k, i, _ in header_items if k == kind)
             used = sorted({int(i) for k, i in _BODY_ITEM.findall(body) if k == kind})
             if documented != list(range(1, count + 1)):
                 problems.append(f"{where}: header documents {kind} {documented}, expected 1..{count}")
-            if used != documented:
+            # A variadic script indexes its keys and their arguments with a variable (KEYS[i]).
+            if used != documented and not (spec.variadic and set(used) <= set(documented)):
                 problems.append(f"{where}: body uses {kind} {used} but the header documents {documented}")
-        guard = _BODY_GUARD.search(body)
-        if guard is None or (int(guard.group(1)), int(guard.group(2))) != (spec.numkeys, len(spec.argv)):
-            problems.append(f"{where}: the #KEYS/#ARGV guard does not match the header")
+        if spec.variadic:
+            vguard = _VARIADIC_GUARD.search(body)
+            # documented ARGV: the fixed ones, then the one argument that comes with each key
+            if vguard is None or int(vguard.group(1)) != len(spec.argv) - 1:
+                problems.append(f"{where}: the #KEYS/#ARGV guard does not match the header")
+        else:
+            guard = _BODY_GUARD.search(body)
+            if guard is None or (int(guard.group(1)), int(guard.group(2))) != (spec.numkeys, len(spec.argv)):
+                problems.append(f"{where}: the #KEYS/#ARGV guard does not match the header")
         body_replies = frozenset(_BODY_REPLY.findall(body))
         if body_replies != spec.replies:
             problems.append(f"{where}: body replies {sorted(body_replies)} but header lists {sorted(spec.replies)}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
@@ -22,8 +23,8 @@ from redis.retry import Retry
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
-from ._lease import BATCH, LeaseCore, Schedule, plan_beats, settle_beats
-from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
+from ._lease import LeaseCore, Schedule, renewal_calls, settle_renewal
+from ._protocol import Call, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LivermoreError
@@ -112,25 +113,6 @@ class Registry:
 
     def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
         return self._scripts[call.script](keys=call.keys, args=call.args, client=client or self._client)
-
-    def _run_batch(self, calls: list[Call], client: redis.Redis) -> list[Any]:
-        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
-        pipe = client.pipeline(transaction=False)
-        for call in calls:
-            sha, numkeys, rest = evalsha_args(call)
-            pipe.evalsha(sha, numkeys, *rest)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        missing = noscript_indexes(replies)
-        if missing:  # the script cache was flushed: load and send those calls again, once
-            for name in {calls[i].script for i in missing}:
-                client.script_load(load_scripts()[name].source)
-            pipe = client.pipeline(transaction=False)
-            for i in missing:
-                sha, numkeys, rest = evalsha_args(calls[i])
-                pipe.evalsha(sha, numkeys, *rest)
-            for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
-                replies[i] = reply
-        return replies
 
     def _check_server(self) -> None:
         if self._checked:
@@ -351,6 +333,8 @@ class _Heartbeat:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._planned = 0.0  # when the loop will wake next (monotonic clock)
+        client = registry._beat_client
+        self._slot_of = client.keyslot if isinstance(client, RedisCluster) else None
 
     def add(self, lease: Lease) -> None:
         with self._lock:
@@ -378,21 +362,20 @@ class _Heartbeat:
 
     def _loop(self) -> None:
         clock, registry = self._registry._clock, self._registry
+        ahead = registry._config.renew_ahead
         while True:
             with self._lock:
                 if self._stopping or not self._schedule:
                     self._thread = None
                     return
-                due = self._schedule.pop_due(clock())
-            planned = plan_beats(due, _core_of, clock())
-            for start in range(0, len(planned), BATCH):
-                chunk = planned[start : start + BATCH]
+                due = self._schedule.pop_due(clock() + ahead)
+            for cores, call in renewal_calls(due, _core_of, clock(), ahead, self._slot_of):
                 sent = clock()
                 try:
-                    replies = registry._run_batch([call for _, call in chunk], registry._beat_client)
+                    reply = registry._run(call, registry._beat_client)
                 except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
-                    replies = [exc] * len(chunk)
-                settle_beats(chunk, replies, sent, clock())
+                    reply = exc
+                settle_renewal(cores, reply, sent, clock())
             with self._lock:
                 for lease in due:
                     self._schedule.push(lease)

@@ -261,10 +261,10 @@ class Owner(Protocol):
 class RecordingRegistry(Registry):
     """A :class:`~pylivermore.Registry` that records what its background heartbeat does.
 
-    Every script call goes out through ``Registry._run`` (one call) or ``Registry._run_batch``
-    (the heartbeat loop's pipelined batches), so overriding both records each heartbeat as
-    invoke/ok/fail/unknown, and the request id of each transition and deregister before it is
-    sent (the library makes them up). The owner secret is only used as a dict key, never written.
+    Every script call goes out through ``Registry._run`` (the heartbeat loop's ``renew_many``
+    calls too), so overriding it records each lease's heartbeat as invoke/ok/fail/unknown, and
+    the request id of each transition and deregister before it is sent (the library makes them
+    up). The owner secret is only used as a dict key, never written.
     If the library ever sent heartbeats another way, the checker's ``acted_after_deadline`` check
     would flag it (a lease held past its claim's deadline with no recorded renewal).
     """
@@ -275,8 +275,8 @@ class RecordingRegistry(Registry):
         self.ctx = threading.local()
         super().__init__(client, **options)
 
-    def _beat_sent(self, call: Call) -> tuple[int, dict[str, Any]]:
-        lease_id, token, resource = self.leases.get(call.args[0], (None, None, None))
+    def _beat_sent(self, secret: str) -> tuple[int, dict[str, Any]]:
+        lease_id, token, resource = self.leases.get(secret, (None, None, None))
         where: dict[str, Any] = {"resource": resource, "lease": lease_id, "token": token}
         return self.recorder.invoke("heartbeat", **where), where
 
@@ -290,30 +290,22 @@ class RecordingRegistry(Registry):
         else:
             self.recorder.done(op, "fail", "heartbeat", **where, reply=word, error=f"lost:{word.lower()}")
 
-    def _run_batch(self, calls: list[Call], client: redis.Redis) -> list[Any]:
-        sent = [self._beat_sent(call) if call.script == "heartbeat" else None for call in calls]
-        try:
-            replies = super()._run_batch(calls, client)
-        except BaseException as exc:
-            for s in sent:
-                if s is not None:
-                    self._beat_done(*s, exc)
-            raise
-        for s, reply in zip(sent, replies, strict=True):
-            if s is not None:
-                self._beat_done(*s, reply)
-        return replies
-
     def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
         rec = self.recorder
-        if call.script == "heartbeat":
-            op, where = self._beat_sent(call)
+        if call.script in ("heartbeat", "renew_many"):
+            # heartbeat: ARGV = token, ttl; renew_many: ARGV = ttl, then one token per key
+            secrets = call.args[:1] if call.script == "heartbeat" else call.args[1:]
+            sent = [self._beat_sent(secret) for secret in secrets]
             try:
                 reply = super()._run(call, client)
             except BaseException as exc:
-                self._beat_done(op, where, exc)
+                for op, where in sent:
+                    self._beat_done(op, where, exc)
                 raise
-            self._beat_done(op, where, reply)
+            many = call.script == "renew_many" and isinstance(reply, list) and len(reply) == len(sent)
+            each = list(reply) if many else [reply] * len(sent)
+            for (op, where), one in zip(sent, each, strict=True):
+                self._beat_done(op, where, one)
             return reply
         if call.script in ("transition", "deregister"):
             rec.event("send", op=getattr(self.ctx, "op", None), rid=call.args[1], script=call.script)

@@ -199,7 +199,7 @@ def persistent_server() -> Iterator[RedisServer]:
 
 def check_reloaded_once(admin: redis.Redis, before: dict[str, int], script: str) -> None:
     after = script_stats(admin)
-    assert admin.script_exists(SHA["heartbeat"]) == [False], "a heartbeat ran inside the measured window"
+    assert admin.script_exists(SHA["renew_many"]) == [False], "a heartbeat ran inside the measured window"
     assert admin.script_exists(SHA[script]) == [True], f"{script} was not loaded again"
     delta = {k: after[k] - before.get(k, 0) for k in after}
     # One NOSCRIPT (the script did not run), one SCRIPT LOAD, one successful retry: nothing more.
@@ -357,7 +357,7 @@ def test_restart_with_persistence_keeps_lease_ttl_and_fence(persistent_server: R
             assert record_after[field] == record[field], field
 
         wait_for_beat(admin, keys.status)  # the heartbeat resumed on the restarted server
-        assert admin.script_exists(SHA["heartbeat"]) == [True]
+        assert admin.script_exists(SHA["renew_many"]) == [True]
         stats = script_stats(admin)  # commandstats started from zero at the restart
         assert stats["load"] >= 1, "the heartbeat did not load its script again"
         assert stats["noscript"] >= 1, "no NOSCRIPT was seen after the restart"
@@ -626,7 +626,7 @@ def test_debug_sleep_stall_owner_lost_by_deadline_and_inflight_claim_applied_onc
         monitor.stop(admin)
         claims = monitor.evalsha("claim", keys.status, "contender-r5")
         assert len(claims) >= 2, f"the in-flight claim was not retried ({len(claims)} executions)"
-        assert monitor.evalsha("heartbeat", keys.status, since=woke_after), "the owner's queued heartbeat never ran"
+        assert monitor.evalsha("renew_many", keys.status, since=woke_after), "the owner's queued heartbeat never ran"
         monitor = None
 
         status = registry.get(EXCHANGE)  # decodes: no corruption

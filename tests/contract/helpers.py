@@ -56,7 +56,7 @@ def new_request_id() -> str:
 
 
 class Scripts:
-    """The seven scripts loaded into one server, called by raw EVALSHA (no redis-py Script helper)."""
+    """Every script loaded into one server, called by raw EVALSHA (no redis-py Script helper)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client

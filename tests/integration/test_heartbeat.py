@@ -139,6 +139,50 @@ async def test_heartbeat_keeps_lease_alive_past_ttl_async(
         await registry.close()
 
 
+MANY = 600
+
+
+def check_many_renewed(admin: redis.Redis, namespace: str, calls: int) -> None:
+    """Every one of the MANY records got a heartbeat after its claim, with a handful of script calls."""
+    pipe = admin.pipeline(transaction=False)
+    for i in range(1, MANY + 1):
+        pipe.hmget(status_key(namespace, i), "lastHeartbeat", "registeredAt")
+    stale = [i + 1 for i, (beat, claimed) in enumerate(pipe.execute()) if beat is None or beat == claimed]
+    assert not stale, f"{len(stale)} of {MANY} records were not renewed, e.g. {stale[:5]}"
+    # one renew_many call per BATCH leases per round (the leases were claimed close together:
+    # renewing early by up to a tenth of the interval puts them in the same round)
+    assert 0 < calls <= 3 * -(-MANY // pylivermore._lease.BATCH), f"{calls} script calls for {MANY} renewals"
+
+
+def test_many_leases_are_renewed_in_batches_sync(client: redis.Redis, admin: redis.Redis, namespace: str) -> None:
+    """600 leases of one registry are all renewed by its background heartbeat in a few
+    renew_many calls (INFO commandstats), not one script call per lease."""
+    registry = Registry(client, namespace=namespace, **TIMING)
+    try:
+        for i in range(1, MANY + 1):
+            registry.claim(i, "Binance")
+        admin.config_resetstat()
+        time.sleep(HB * 1.3)
+        check_many_renewed(admin, namespace, script_calls(admin.info("commandstats")))
+    finally:
+        registry.close()
+
+
+async def test_many_leases_are_renewed_in_batches_async(
+    aclient: aredis.Redis, aadmin: aredis.Redis, admin: redis.Redis, namespace: str
+) -> None:
+    """The asyncio registry's heartbeat task renews 600 leases in a few renew_many calls."""
+    registry = AsyncRegistry(aclient, namespace=namespace, **TIMING)
+    try:
+        for i in range(1, MANY + 1):
+            await registry.claim(i, "Binance")
+        await aadmin.config_resetstat()
+        await asyncio.sleep(HB * 1.3)
+        check_many_renewed(admin, namespace, script_calls(await aadmin.info("commandstats")))
+    finally:
+        await registry.close()
+
+
 # -- b. release stops the heartbeat ----------------------------------------------------------------
 
 
@@ -440,7 +484,7 @@ def test_script_flush_is_survived_sync(fresh_server: RedisServer, namespace: str
     registry = Registry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     shas = [spec.sha1 for spec in load_scripts().values()]
-    beat_sha = load_scripts()["heartbeat"].sha1
+    beat_sha = load_scripts()["renew_many"].sha1  # the background heartbeat's script
     lost: list[Lease] = []
     try:
         lease = registry.claim(1, "Binance", on_lost=lost.append)
@@ -472,7 +516,7 @@ async def test_script_flush_is_survived_async(fresh_server: RedisServer, namespa
     registry = AsyncRegistry(client, namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
     shas = [spec.sha1 for spec in load_scripts().values()]
-    beat_sha = load_scripts()["heartbeat"].sha1
+    beat_sha = load_scripts()["renew_many"].sha1  # the background heartbeat's script
     lost: list[AsyncLease] = []
     try:
         lease = await registry.claim(1, "Binance", on_lost=lost.append)

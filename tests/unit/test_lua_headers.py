@@ -25,7 +25,7 @@ def test_every_lua_file_is_loaded() -> None:
     """load_scripts reads every lua/*.lua, named <operation>-<numkeys>.lua, and nothing else."""
     specs = load_scripts()
     files = sorted(p.name for p in lua_dir().glob("*.lua"))
-    assert sorted(f"{s.name}-{s.numkeys}.lua" for s in specs.values()) == files
+    assert sorted(s.filename for s in specs.values()) == files
     assert set(specs) == set(REPLIES)
     for spec in specs.values():
         assert len(spec.keys) == spec.numkeys
@@ -37,7 +37,7 @@ def test_every_lua_file_is_loaded() -> None:
 def test_scripts_come_from_the_checkout() -> None:
     """In a source checkout, the scripts loaded are the repository's lua/ files, byte for byte."""
     for spec in load_scripts().values():
-        assert (REPO_LUA / f"{spec.name}-{spec.numkeys}.lua").read_text(encoding="utf-8") == spec.source
+        assert (REPO_LUA / spec.filename).read_text(encoding="utf-8") == spec.source
 
 
 # -- drift detection ---------------------------------------------------------------------------
@@ -161,3 +161,38 @@ def test_protocol_maps_a_missing_script() -> None:
     replies = {**REPLIES, "frobnicate": frozenset({"OK"})}
     problems = problems_for(load_scripts(), replies)
     assert any("frobnicate" in p for p in problems)
+
+
+# -- variadic scripts (<name>-n.lua) -------------------------------------------------------------
+
+
+@pytest.fixture
+def renew_many() -> ScriptSpec:
+    return load_scripts()["renew_many"]
+
+
+def test_variadic_script_is_read_as_such(renew_many: ScriptSpec) -> None:
+    """renew_many-n.lua documents KEYS[1] and ARGV[1..2] (ttl, the first key's token)."""
+    assert renew_many.variadic
+    assert renew_many.filename == "renew_many-n.lua"
+    assert renew_many.keys == ("status",)
+    assert renew_many.argv == ("ttl_ms", "token")
+
+
+def test_variadic_guard_disagrees_with_header(renew_many: ScriptSpec) -> None:
+    """A variadic guard whose per-call argument count differs from the header's is reported."""
+    assert "#ARGV ~= #KEYS + 1" in renew_many.source
+    drifted = dataclasses.replace(
+        renew_many, source=renew_many.source.replace("#ARGV ~= #KEYS + 1", "#ARGV ~= #KEYS + 2")
+    )
+    problems = problems_for(with_spec(drifted))
+    only_about(problems, "renew_many-n.lua")
+    assert any("guard" in p for p in problems)
+
+
+def test_variadic_body_uses_undocumented_argv(renew_many: ScriptSpec) -> None:
+    """A variadic body may index with variables, but a literal ARGV[3] not in the header is reported."""
+    drifted = dataclasses.replace(renew_many, source=renew_many.source + "\nlocal extra = ARGV[3]\n")
+    problems = problems_for(with_spec(drifted))
+    only_about(problems, "renew_many-n.lua")
+    assert any("body uses ARGV" in p for p in problems)

@@ -86,6 +86,7 @@ def test_calls_match_script_arity() -> None:
         proto.record_error_call(KEYS, "t" * 32, "r2", "boom", 1000),
         proto.deregister_call(KEYS, "t" * 32, "r3", 1000),
         proto.force_release_call(KEYS, "why", "op", 1000),
+        proto.renew_many_call([KEYS], ["t" * 32], 45000),
     ]
     assert {c.script for c in calls} == set(specs)
     for call in calls:
@@ -93,6 +94,9 @@ def test_calls_match_script_arity() -> None:
         assert len(call.keys) == spec.numkeys, call.script
         assert len(call.args) == len(spec.argv), call.script
         assert all(isinstance(a, str) for a in call.args), call.script
+    # variadic: each further key brings one more argument (its token)
+    three = proto.renew_many_call([KEYS] * 3, ["t" * 32] * 3, 45000)
+    assert (len(three.keys), len(three.args)) == (3, len(specs["renew_many"].argv) + 2)
 
 
 def test_claim_call_layout() -> None:

@@ -1,0 +1,112 @@
+"""The heartbeat loop's renewal plan (sans-IO): which leases one ``renew_many`` call renews, and
+how its reply is applied to each lease."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from pylivermore._config import RegistryConfig
+from pylivermore._lease import BATCH, LeaseCore, renewal_calls, settle_renewal
+
+TTL, RENEW, BEAT = 45.0, 30.0, 15.0
+SENT = 1000.0
+RENEWED = [b"RENEWED", b"2026-02-10T12:34:56.789Z"]
+
+
+def make_cores(count: int, sent_at: float = SENT) -> list[LeaseCore]:
+    """*count* leases of one registry, on ids 1, 2, ..., all claimed (sent) at *sent_at*."""
+    config = RegistryConfig(hostname="h", instance_id="i", ttl=TTL, renew_deadline=RENEW, heartbeat_interval=BEAT)
+    return [
+        config.claimed(config.claim(i + 1, "Binance", False), [b"CLAIMED", b"5", b"new"], sent_at) for i in range(count)
+    ]
+
+
+def ident(core: LeaseCore) -> LeaseCore:
+    return core
+
+
+def test_due_leases_go_out_in_calls_of_at_most_batch() -> None:
+    """600 leases due at once make ceil(600 / BATCH) renew_many calls; each call's KEYS are the
+    status keys and its ARGV the TTL in ms then each lease's token, in the same order as its cores."""
+    cores = make_cores(600)
+    calls = renewal_calls(cores, ident, SENT + BEAT)
+    assert [len(chunk) for chunk, _ in calls] == [BATCH, BATCH, 600 - 2 * BATCH]
+    assert [c for chunk, _ in calls for c in chunk] == cores
+    for chunk, call in calls:
+        assert call.script == "renew_many"
+        assert call.keys == tuple(c.keys.status for c in chunk)
+        assert call.args == (str(int(TTL * 1000)), *(c.token for c in chunk))
+
+
+def test_only_due_leases_are_renewed_and_ahead_widens_the_window() -> None:
+    """A lease is renewed once its beat time has come, or with *ahead*, when it comes within
+    that many seconds; lost leases never are."""
+    early, late, lost = make_cores(3)
+    late.next_beat = SENT + BEAT + 2.0
+    lost.lose("taken")
+    now = SENT + BEAT
+    assert [chunk for chunk, _ in renewal_calls([early, late, lost], ident, now)] == [[early]]
+    assert [chunk for chunk, _ in renewal_calls([early, late, lost], ident, now, ahead=2.0)] == [[early, late]]
+    assert renewal_calls([early, late, lost], ident, now - 0.5) == []
+
+
+def test_a_lease_past_its_deadline_is_lost_not_renewed() -> None:
+    """At its deadline a lease is marked lost ("deadline") and left out of the calls."""
+    (core,) = make_cores(1)
+    assert renewal_calls([core], ident, SENT + RENEW) == []
+    assert core.lost_reason == "deadline"
+
+
+def test_cluster_leases_are_grouped_by_slot() -> None:
+    """With a slot function (cluster clients), each call holds keys of one slot only."""
+    cores = make_cores(10)
+    slot_of = {c.keys.status: i % 3 for i, c in enumerate(cores)}.__getitem__
+    calls = renewal_calls(cores, ident, SENT + BEAT, slot_of=slot_of)
+    assert sorted(len(chunk) for chunk, _ in calls) == [3, 3, 4]
+    for chunk, call in calls:
+        assert len({slot_of(k) for k in call.keys}) == 1
+        assert call.keys == tuple(c.keys.status for c in chunk)
+
+
+def test_settle_applies_each_reply_to_its_lease() -> None:
+    """RENEWED extends that lease's deadline from the send time; EXPIRED and TAKEN lose theirs;
+    a CORRUPT one is retried soon, like a failed beat."""
+    renewed, expired, taken, corrupt = make_cores(4)
+    sent = SENT + BEAT
+    replies = [RENEWED, [b"EXPIRED"], [b"TAKEN", b"9"], [b"CORRUPT", b"status key is not a hash"]]
+    settle_renewal([renewed, expired, taken, corrupt], replies, sent, sent + 0.01)
+    assert renewed.deadline == sent + RENEW
+    assert renewed.next_beat == sent + BEAT
+    assert expired.lost_reason == "expired"
+    assert taken.lost_reason == "taken"
+    assert corrupt.lost_reason is None
+    assert corrupt.next_beat == sent + 0.01 + BEAT / 4
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [RedisConnectionError("reset"), [RENEWED], [RENEWED, RENEWED, RENEWED], b"RENEWED", None],
+    ids=["error", "too-few", "too-many", "not-a-list", "none"],
+)
+def test_a_failed_or_malformed_call_retries_every_lease(reply: object, caplog: pytest.LogCaptureFixture) -> None:
+    """An exception instead of a reply, or a reply that is not one entry per lease, renews
+    nothing: every lease retries after heartbeat_interval / 4, and one warning is logged."""
+    cores = make_cores(2)
+    sent = SENT + BEAT
+    with caplog.at_level(logging.WARNING, logger="pylivermore.lease"):
+        settle_renewal(cores, reply, sent, sent + 0.01)
+    for core in cores:
+        assert core.deadline == SENT + RENEW
+        assert core.next_beat == sent + 0.01 + BEAT / 4
+        assert core.lost_reason is None
+    assert len(caplog.records) == 1
+
+
+def test_late_renewal_reply_loses_the_lease() -> None:
+    """A RENEWED that arrives renew_deadline or more after its send time proves nothing: lost."""
+    (core,) = make_cores(1)
+    settle_renewal([core], [RENEWED], SENT + BEAT, SENT + BEAT + RENEW + 0.1)
+    assert core.lost_reason == "deadline"
