@@ -81,10 +81,11 @@ end
 local now = iso(sec, usec)
 -- PEXPIRE first: it needs no memory, so under maxmemory/noeviction the renewals (and, the first
 -- write having gone through, the HSETs) still go through instead of failing with OOM.
+local renewed = {'RENEWED', now}  -- one table for every renewed key: the reply is the same
 for j = 1, #renew do
   local i = renew[j]
   rcall('PEXPIRE', KEYS[i], ttl)
   rcall('HSET', KEYS[i], 'lastHeartbeat', now)
-  replies[i] = {'RENEWED', now}
+  replies[i] = renewed
 end
 return replies

@@ -25,7 +25,7 @@ from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore, Schedule, renewal_calls, settle_renewal
-from ._protocol import Call, parse_force_release
+from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LeaseLostError, LivermoreError
@@ -91,6 +91,25 @@ class AsyncRegistry:
 
     async def _run(self, call: Call) -> Any:
         return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
+
+    async def _run_batch(self, calls: list[Call]) -> list[Any]:
+        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            sha, numkeys, rest = evalsha_args(call)
+            pipe.evalsha(sha, numkeys, *rest)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = noscript_indexes(replies)
+        if missing:  # the script cache was flushed: load and send those calls again, once
+            for name in {calls[i].script for i in missing}:
+                await self._client.script_load(load_scripts()[name].source)
+            pipe = self._client.pipeline(transaction=False)
+            for i in missing:
+                sha, numkeys, rest = evalsha_args(calls[i])
+                pipe.evalsha(sha, numkeys, *rest)
+            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        return replies
 
     def _spawn(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
@@ -384,17 +403,21 @@ class _Heartbeat:
         ahead = registry._config.renew_ahead
         while self._schedule:
             due = self._schedule.pop_due(clock() + ahead)
-            for cores, call in renewal_calls(due, _core_of, clock(), ahead, self._slot_of):
+            renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
+            if renewals:  # one pipeline for the whole round: the server works while replies are read
                 sent = clock()
                 # Bounded: no retry policy or slow server may hold a renewal past the deadline.
-                budget = min(registry._config.heartbeat_timeout, max(min(c.deadline for c in cores) - sent, 0.001))
+                first_deadline = min(c.deadline for cores, _ in renewals for c in cores)
+                budget = min(registry._config.heartbeat_timeout, max(first_deadline - sent, 0.001))
                 try:
-                    reply = await asyncio.wait_for(registry._run(call), budget)
+                    calls = [call for _, call in renewals]
+                    replies = await asyncio.wait_for(registry._run_batch(calls), budget)
                 except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
-                    reply = exc
-                settle_renewal(cores, reply, sent, clock())
-            for lease in due:
-                self._schedule.push(lease)
+                    replies = [exc] * len(renewals)
+                done = clock()
+                for (cores, _), reply in zip(renewals, replies, strict=True):
+                    settle_renewal(cores, reply, sent, done)
+            self._schedule.push_all(due)
             wake = self._schedule.next_wake()
             self._planned = float("inf") if wake is None else wake
             self._wake.clear()

@@ -39,6 +39,8 @@ from .models import InstanceStatus
 
 logger = logging.getLogger("pylivermore.lease")
 
+_RENEWED = (b"RENEWED", "RENEWED")
+
 
 class LeaseSettings:
     """What a lease needs from its registry's configuration."""
@@ -144,7 +146,8 @@ class LeaseCore:
 
     def heartbeat_done(self, reply: object, sent_at: float, now: float) -> None:
         """Apply a heartbeat reply; raise :class:`LeaseLostError` if it shows the lease is gone."""
-        self._owned("heartbeat", reply)
+        if not (type(reply) is list and len(reply) == 2 and reply[0] in _RENEWED):  # the usual answer, fast
+            self._owned("heartbeat", reply)
         deadline = sent_at + self.settings.renew_deadline
         if now >= deadline:
             # The acknowledgement came too late to prove anything.
@@ -329,10 +332,24 @@ class Schedule(Generic[T]):
             del self._cores[item]
 
     def pop_due(self, now: float) -> list[T]:
-        """Items whose wake time has come; they leave the heap until :meth:`push`."""
+        """Items whose wake time has come; they leave the heap until :meth:`push` or :meth:`push_all`."""
+        heap = self._heap
+        if len(heap) > 64 and heap[0][0] <= now:
+            # Leases claimed together come due together: take many in one pass, not one pop each.
+            ready = [e for e in heap if e[0] <= now]
+            if len(ready) > 32:
+                self._heap = [e for e in heap if e[0] > now]
+                heapq.heapify(self._heap)
+                return self._sort_out(ready, now)
+        ready = []
+        while heap and heap[0][0] <= now:
+            ready.append(heapq.heappop(heap))
+        return self._sort_out(ready, now)
+
+    def _sort_out(self, entries: list[tuple[float, int, T]], now: float) -> list[T]:
+        """The items of popped *entries* that are due; stale entries are re-filed or dropped."""
         due: list[T] = []
-        while self._heap and self._heap[0][0] <= now:
-            _, _, item = heapq.heappop(self._heap)
+        for _, _, item in entries:
             c = self._cores.get(item)
             if c is None:
                 continue
@@ -341,6 +358,21 @@ class Schedule(Generic[T]):
             else:
                 due.append(item)
         return due
+
+    def push_all(self, items: Iterable[T]) -> None:
+        """:meth:`push` for many items at once (one heapify instead of a push each)."""
+        cores, seq = self._cores, self._seq
+        live = [(item, c) for item in items if (c := cores.get(item)) is not None]
+        entries = [(c.wake_at(), next(seq), item) for item, c in live if c.lost_reason is None]
+        if len(entries) * 8 > len(self._heap):  # many: one O(heap) heapify beats a push each
+            self._heap.extend(entries)
+            heapq.heapify(self._heap)
+        else:
+            for entry in entries:
+                heapq.heappush(self._heap, entry)
+        for item, c in live:
+            if c.lost_reason is not None:
+                del cores[item]
 
     def next_wake(self) -> float | None:
         while self._heap and self._heap[0][2] not in self._cores:

@@ -24,7 +24,7 @@ from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore, Schedule, renewal_calls, settle_renewal
-from ._protocol import Call, parse_force_release
+from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LivermoreError
@@ -113,6 +113,25 @@ class Registry:
 
     def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
         return self._scripts[call.script](keys=call.keys, args=call.args, client=client or self._client)
+
+    def _run_batch(self, calls: list[Call], client: redis.Redis) -> list[Any]:
+        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            sha, numkeys, rest = evalsha_args(call)
+            pipe.evalsha(sha, numkeys, *rest)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        missing = noscript_indexes(replies)
+        if missing:  # the script cache was flushed: load and send those calls again, once
+            for name in {calls[i].script for i in missing}:
+                client.script_load(load_scripts()[name].source)
+            pipe = client.pipeline(transaction=False)
+            for i in missing:
+                sha, numkeys, rest = evalsha_args(calls[i])
+                pipe.evalsha(sha, numkeys, *rest)
+            for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        return replies
 
     def _check_server(self) -> None:
         if self._checked:
@@ -369,16 +388,18 @@ class _Heartbeat:
                     self._thread = None
                     return
                 due = self._schedule.pop_due(clock() + ahead)
-            for cores, call in renewal_calls(due, _core_of, clock(), ahead, self._slot_of):
+            renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
+            if renewals:  # one pipeline for the whole round: the server works while replies are read
                 sent = clock()
                 try:
-                    reply = registry._run(call, registry._beat_client)
+                    replies = registry._run_batch([call for _, call in renewals], registry._beat_client)
                 except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
-                    reply = exc
-                settle_renewal(cores, reply, sent, clock())
+                    replies = [exc] * len(renewals)
+                done = clock()
+                for (cores, _), reply in zip(renewals, replies, strict=True):
+                    settle_renewal(cores, reply, sent, done)
             with self._lock:
-                for lease in due:
-                    self._schedule.push(lease)
+                self._schedule.push_all(due)
                 wake = self._schedule.next_wake()
                 self._planned = float("inf") if wake is None else wake
             self._wake.wait(None if wake is None else max(0.0, wake - clock()))

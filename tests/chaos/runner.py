@@ -261,10 +261,11 @@ class Owner(Protocol):
 class RecordingRegistry(Registry):
     """A :class:`~pylivermore.Registry` that records what its background heartbeat does.
 
-    Every script call goes out through ``Registry._run`` (the heartbeat loop's ``renew_many``
-    calls too), so overriding it records each lease's heartbeat as invoke/ok/fail/unknown, and
-    the request id of each transition and deregister before it is sent (the library makes them
-    up). The owner secret is only used as a dict key, never written.
+    Every script call goes out through ``Registry._run`` (one call) or ``Registry._run_batch`` (the
+    heartbeat loop's ``renew_many`` calls, pipelined), so overriding both records each lease's
+    heartbeat as invoke/ok/fail/unknown, and the request id of each transition and deregister
+    before it is sent (the library makes them up). The owner secret is only used as a dict key,
+    never written.
     If the library ever sent heartbeats another way, the checker's ``acted_after_deadline`` check
     would flag it (a lease held past its claim's deadline with no recorded renewal).
     """
@@ -290,22 +291,41 @@ class RecordingRegistry(Registry):
         else:
             self.recorder.done(op, "fail", "heartbeat", **where, reply=word, error=f"lost:{word.lower()}")
 
+    def _beats_sent(self, call: Call) -> list[tuple[int, dict[str, Any]]]:
+        # heartbeat: ARGV = token, ttl; renew_many: ARGV = ttl, then one token per key
+        return [self._beat_sent(secret) for secret in (call.args[:1] if call.script == "heartbeat" else call.args[1:])]
+
+    def _beats_done(self, call: Call, sent: list[tuple[int, dict[str, Any]]], reply: object) -> None:
+        each: list[object] = [reply] * len(sent)
+        if call.script == "renew_many" and isinstance(reply, list) and len(reply) == len(sent):
+            each = list(reply)
+        for (op, where), one in zip(sent, each, strict=True):
+            self._beat_done(op, where, one)
+
+    def _run_batch(self, calls: list[Call], client: redis.Redis) -> list[Any]:
+        sent = [self._beats_sent(call) if call.script in ("heartbeat", "renew_many") else None for call in calls]
+        try:
+            replies = super()._run_batch(calls, client)
+        except BaseException as exc:
+            for call, s in zip(calls, sent, strict=True):
+                if s is not None:
+                    self._beats_done(call, s, exc)
+            raise
+        for call, s, reply in zip(calls, sent, replies, strict=True):
+            if s is not None:
+                self._beats_done(call, s, reply)
+        return replies
+
     def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
         rec = self.recorder
         if call.script in ("heartbeat", "renew_many"):
-            # heartbeat: ARGV = token, ttl; renew_many: ARGV = ttl, then one token per key
-            secrets = call.args[:1] if call.script == "heartbeat" else call.args[1:]
-            sent = [self._beat_sent(secret) for secret in secrets]
+            sent = self._beats_sent(call)
             try:
                 reply = super()._run(call, client)
             except BaseException as exc:
-                for op, where in sent:
-                    self._beat_done(op, where, exc)
+                self._beats_done(call, sent, exc)
                 raise
-            many = call.script == "renew_many" and isinstance(reply, list) and len(reply) == len(sent)
-            each = list(reply) if many else [reply] * len(sent)
-            for (op, where), one in zip(sent, each, strict=True):
-                self._beat_done(op, where, one)
+            self._beats_done(call, sent, reply)
             return reply
         if call.script in ("transition", "deregister"):
             rec.event("send", op=getattr(self.ctx, "op", None), rid=call.args[1], script=call.script)

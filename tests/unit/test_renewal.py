@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pylivermore._config import RegistryConfig
-from pylivermore._lease import BATCH, LeaseCore, renewal_calls, settle_renewal
+from pylivermore._lease import BATCH, LeaseCore, Schedule, renewal_calls, settle_renewal
 
 TTL, RENEW, BEAT = 45.0, 30.0, 15.0
 SENT = 1000.0
@@ -110,3 +110,34 @@ def test_late_renewal_reply_loses_the_lease() -> None:
     (core,) = make_cores(1)
     settle_renewal([core], [RENEWED], SENT + BEAT, SENT + BEAT + RENEW + 0.1)
     assert core.lost_reason == "deadline"
+
+
+# -- the schedule ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [5, 500], ids=["few", "many"])
+def test_schedule_pops_exactly_the_due_leases(count: int) -> None:
+    """pop_due returns each due lease once (whether it pops them one by one or, when many are due,
+    in one pass), re-files a stale entry whose lease now wakes later, drops discarded leases, and
+    keeps the rest; push_all files them again and drops the lost ones."""
+    cores = make_cores(count)
+    schedule: Schedule[LeaseCore] = Schedule()
+    for c in cores:
+        schedule.add(c, c)
+    later, gone = cores[0], cores[1]
+    later.next_beat = SENT + BEAT + 5.0  # its heap entry (SENT + BEAT) is now stale
+    schedule.discard(gone)
+    now = SENT + BEAT
+    due = schedule.pop_due(now)
+    assert sorted(id(c) for c in due) == sorted(id(c) for c in cores[2:])
+    assert schedule.pop_due(now) == []
+    assert schedule.next_wake() == SENT + BEAT + 5.0  # the stale entry was re-filed at its new time
+    assert len(schedule) == count - 1
+
+    due[0].lose("taken")
+    for c in due[1:]:
+        c.next_beat = now + BEAT
+    schedule.push_all(due)
+    assert len(schedule) == count - 2  # the lost lease left the schedule
+    assert schedule.pop_due(now + BEAT - 0.001) == [later]
+    assert sorted(id(c) for c in schedule.pop_due(now + BEAT)) == sorted(id(c) for c in due[1:])
