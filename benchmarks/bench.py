@@ -47,7 +47,7 @@ MODES: dict[str, dict[str, Any]] = {
         "rounds": 2,
         "leases": 10_000,
         "repeats": 3,
-        "interval": 5.0,
+        "interval": 3.0,
         "ops_seconds": 1.0,
         "server_calls": 2000,
     },

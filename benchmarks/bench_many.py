@@ -22,6 +22,7 @@ Run on its own: ``python benchmarks/bench_many.py [--leases N] [--repeats K]``.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import statistics
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 from impls.base import sync_client
 
 from pylivermore import Lease, Registry
@@ -62,13 +64,13 @@ class SteppedClock:
     def __init__(self) -> None:
         self.frozen_at: float | None = None
         self.offset = 0.0
-        self.background_read = 0.0
+        self.background_reads: list[float] = []  # real times of the heartbeat thread's reads
         self._main = threading.main_thread()
 
     def __call__(self) -> float:
         real = time.monotonic()
         if threading.current_thread() is not self._main:
-            self.background_read = real
+            self.background_reads.append(real)
         return self.frozen_at if self.frozen_at is not None else real + self.offset
 
     def freeze(self) -> None:
@@ -82,46 +84,96 @@ class SteppedClock:
         return real
 
 
-def background_round(url: str, leases: int, interval: float, log: Callable[[str], None]) -> dict[str, Any]:
-    """One full renewal round by the registry's own background heartbeat (see the module doc)."""
+def rounds_in(reads: Sequence[float], since: float, gap: float) -> list[tuple[float, float]]:
+    """(first, last) real time of each burst of clock reads at or after *since*; bursts are
+    separated by more than *gap* seconds without a read (the thread sleeping between rounds)."""
+    bursts: list[tuple[float, float]] = []
+    for t in reads:
+        if t < since:
+            continue
+        if bursts and t - bursts[-1][1] <= gap:
+            bursts[-1] = (bursts[-1][0], t)
+        else:
+            bursts.append((t, t))
+    return bursts
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the 10,000 leases) out of the cyclic garbage collector's
+    generations, as a long-running worker holding many leases would: otherwise a full collection
+    over them (+25 ms here) lands at random in one timing or another, pylivermore's or raw."""
+    gc.collect()
+    gc.freeze()
+
+
+def pexpire_pipelined(client: redis.Redis, keys: Sequence[str], ttl_ms: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.pexpire(key, ttl_ms)
+    assert all(pipe.execute()), "a status key was missing"
+
+
+def count_renewed(client: redis.Redis, keys: Sequence[str], left_at_least: float) -> int:
+    """Records renewed in the latest round: a renewed one has more than *left_at_least* seconds of
+    TTL (ttl - time since the round began - interval / 2); one renewed a round earlier has an
+    interval less."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.pttl(key)
+    return sum(1 for pttl in pipe.execute() if pttl > left_at_least * 1000)
+
+
+def background_round(
+    url: str, leases: int, interval: float, log: Callable[[str], None], rounds: int = 3
+) -> dict[str, Any]:
+    """*rounds* full renewal rounds by the registry's own background heartbeat (see the module
+    doc): the first from the instant all leases come due to the thread's last clock read after
+    it, the next ones from the thread's first to its last clock read of each round."""
     client = sync_client(url, socket_timeout=60.0)
     clock = SteppedClock()
-    ttl, deadline = 6 * interval, 3 * interval  # nothing is lost even if the round is slow
+    ttl, deadline = 6 * interval, 3 * interval  # nothing is lost even if a round is slow
     registry = Registry(
         client, namespace="bg", ttl=ttl, heartbeat_interval=interval, renew_deadline=deadline, clock=clock
     )
     try:
         clock.freeze()
         held = [registry.claim(i + 1, f"Exchange{i + 1}") for i in range(leases)]
+        freeze_heap()
         due_at = clock.thaw() + interval  # every lease's first heartbeat comes due at this real instant
-        while time.monotonic() < due_at + 60:
-            time.sleep(0.01)
-            quiet = time.monotonic() - clock.background_read
-            if clock.background_read > due_at and quiet >= min(0.25, interval / 4):
-                break
-        end = clock.background_read
-        # Renewed after due_at <=> PTTL above ttl - (now - due_at) - interval / 2; a record not
-        # renewed since its claim has at most ttl - (now - due_at) - interval left.
         keys = [f"bg:{{{lease.exchange_id}}}:status" for lease in held]
-        now = time.monotonic()
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.pttl(key)
-        threshold = (ttl - (now - due_at) - interval / 2) * 1000
-        renewed = sum(1 for pttl in pipe.execute() if pttl > threshold)
-        seconds = end - due_at if end > due_at else math.nan
-        log(f"background renewal round: {seconds * 1000:.1f} ms, {renewed} of {leases} renewed")
+        quiet_for, gap = min(0.25, interval / 4), interval / 2
+        raw: list[float] = []  # pipelined raw PEXPIRE of the same keys, right after each round
+        renewed = 0
+        while time.monotonic() < due_at + rounds * interval + 60 and len(raw) < rounds:
+            time.sleep(0.01)
+            bursts = rounds_in(clock.background_reads, due_at, gap)
+            if len(bursts) > len(raw) and time.monotonic() - bursts[-1][1] >= quiet_for:
+                if len(raw) == rounds - 1:
+                    renewed = count_renewed(client, keys, ttl - (time.monotonic() - bursts[-1][0]) - interval / 2)
+                raw.append(timed(lambda: pexpire_pipelined(client, keys, round(ttl * 1000))))
+        bursts = rounds_in(clock.background_reads, due_at, gap)[:rounds]
+        times = [last - (due_at if k == 0 else first) for k, (first, last) in enumerate(bursts)]
+        seconds = statistics.median(times) if len(times) == rounds else math.nan
+        log(
+            f"background renewal rounds: {', '.join(f'{t * 1000:.1f}' for t in times)} ms, each followed by a "
+            f"pipelined raw PEXPIRE: {', '.join(f'{t * 1000:.1f}' for t in raw)} ms; {renewed} of {leases} "
+            "renewed in the last round"
+        )
         return {
             "seconds": seconds,
+            "raw_seconds": statistics.median(raw) if raw else math.nan,
+            "rounds_s": times,
+            "raw_s": raw,
             "renewed": renewed,
-            "complete": renewed == leases,
+            "complete": renewed == leases and len(times) == rounds,
             "interval_s": interval,
-            "longer_than_interval": seconds > interval,
+            "longer_than_interval": max(times, default=math.inf) > interval,
         }
     finally:
         registry.close()
         client.flushall()
         client.close()
+        gc.unfreeze()
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -135,10 +187,10 @@ def run_many(
     *,
     leases: int = 10_000,
     repeats: int = 3,
-    interval: float = 5.0,
+    interval: float = 3.0,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
-    background = background_round(url, leases, interval, log)
+    background = background_round(url, leases, interval, log, repeats)
     # A socket timeout that lets one pipeline of N commands through on a loaded machine.
     client = sync_client(url, socket_timeout=60.0)
     # Timings that keep the background heartbeat out of the measurement: nothing comes due.
@@ -149,15 +201,12 @@ def run_many(
         start = time.perf_counter()
         held = [registry.claim(i + 1, f"Exchange{i + 1}") for i in range(leases)]
         claim_s = time.perf_counter() - start
+        freeze_heap()
         log(f"claimed {leases} leases in {claim_s:.2f} s")
         keys = [f"{NAMESPACE}:{{{lease.exchange_id}}}:status" for lease in held]  # lua/README.md key layout
 
         def raw_pexpire_pipelined() -> None:
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.pexpire(key, ttl_ms)
-            replies = pipe.execute()
-            assert all(replies), "a status key was missing"
+            pexpire_pipelined(client, keys, ttl_ms)
 
         def raw_pexpire_sequential() -> None:
             for key in keys:
@@ -195,6 +244,7 @@ def run_many(
         registry.close()
         client.flushall()
         client.close()
+        gc.unfreeze()
 
     def ratio(pylivermore: str, raw: str) -> float:
         return median[raw] / median[pylivermore] if median[pylivermore] > 0 else math.nan
@@ -208,7 +258,8 @@ def run_many(
         "background": background,
         "server_used_memory_bytes": memory,
         "ratios": {
-            "renewal: background heartbeat / pipelined PEXPIRE": ratio(BACKGROUND, PIPELINED),
+            # each background round next to the raw PEXPIRE run right after it, on the same keys
+            "renewal: background heartbeat / pipelined PEXPIRE": background["raw_seconds"] / background["seconds"],
             "renewal: explicit heartbeat() / pipelined PEXPIRE": ratio(EXPLICIT, PIPELINED),
             "renewal: explicit heartbeat() / sequential PEXPIRE": ratio(EXPLICIT, SEQUENTIAL),
             "listing: instances() / raw SCAN + HGETALL": ratio(LISTING, RAW_LISTING),
@@ -222,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--leases", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval of the background round")
+    parser.add_argument("--interval", type=float, default=3.0, help="heartbeat interval of the background round")
     args = parser.parse_args()
     os.environ.pop("PYLIVERMORE_REDIS_ARGS", None)  # a plain server
     with RedisServer() as server:

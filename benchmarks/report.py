@@ -176,8 +176,9 @@ def many_markdown(many: dict[str, Any]) -> str:
 def _background_note(bg: dict[str, Any] | None) -> str:
     if not bg:
         return ""
-    text = f"Background round (one measurement, heartbeat interval {bg['interval_s']:g} s): "
-    text += f"{bg['renewed']:,} records renewed"
+    rounds = ", ".join(f"{t * 1000:.1f}" for t in bg.get("rounds_s", []))
+    text = f"Background rounds ({rounds} ms; the median is shown; heartbeat interval {bg['interval_s']:g} s): "
+    text += f"{bg['renewed']:,} records renewed in the last"
     if not bg["complete"]:
         text += " (INCOMPLETE: not every record was renewed)"
     if bg["longer_than_interval"]:

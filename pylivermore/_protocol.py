@@ -117,10 +117,11 @@ def renew_many_call(keys: Sequence[Keys], tokens: Sequence[str], ttl_ms: int) ->
 
 
 def split_renewals(reply: object, count: int) -> list[object]:
-    """The per-lease replies of a renew_many call (each shaped as a heartbeat reply)."""
-    if not isinstance(reply, list | tuple) or len(reply) != count:
+    """The per-lease replies of a renew_many call, each shaped as a heartbeat reply
+    (the script answers flat: word and data for each key in turn)."""
+    if not isinstance(reply, list | tuple) or len(reply) != 2 * count:
         raise ScriptContractError("renew_many", reply)
-    return list(reply)
+    return [list(reply[i : i + 2]) for i in range(0, 2 * count, 2)]
 
 
 def transition_call(

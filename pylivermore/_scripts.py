@@ -25,7 +25,7 @@ _HEADER = re.compile(r"\A--\[\[(.*?)\]\]", re.S)
 _HEADER_ITEM = re.compile(r"^\s*(KEYS|ARGV)\[(\d+)\]\s+(\w+)", re.M)
 _HEADER_REPLY = re.compile(r'\{"([A-Z_]+)"')
 _BODY_ITEM = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
-_BODY_REPLY = re.compile(r"\{'([A-Z_]+)'")
+_BODY_REPLY = re.compile(r"\{'([A-Z_]+)'|answer\(\w+, '([A-Z_]+)'")  # a table, or a variadic script's answer(i, ...)
 _BODY_GUARD = re.compile(r"if #KEYS ~= (\d+) or #ARGV ~= (\d+) then")
 _VARIADIC_GUARD = re.compile(r"if #KEYS < 1 or #KEYS > \d+ or #ARGV ~= #KEYS \+ (\d+) then")
 
@@ -108,7 +108,7 @@ def check_headers(specs: Mapping[str, ScriptSpec], mapped: Mapping[str, frozense
             guard = _BODY_GUARD.search(body)
             if guard is None or (int(guard.group(1)), int(guard.group(2))) != (spec.numkeys, len(spec.argv)):
                 problems.append(f"{where}: the #KEYS/#ARGV guard does not match the header")
-        body_replies = frozenset(_BODY_REPLY.findall(body))
+        body_replies = frozenset(a or b for a, b in _BODY_REPLY.findall(body))
         if body_replies != spec.replies:
             problems.append(f"{where}: body replies {sorted(body_replies)} but header lists {sorted(spec.replies)}")
         if mapped.get(spec.name) != spec.replies:

@@ -80,9 +80,10 @@ from pylivermore import (
     LeaseLostError,
     LivermoreError,
     Registry,
+    ScriptContractError,
 )
 from pylivermore._keys import Keys
-from pylivermore._protocol import Call
+from pylivermore._protocol import Call, split_renewals
 from pylivermore.models import decode_entry, text_dict
 from pylivermore.server import RedisServer
 
@@ -297,8 +298,9 @@ class RecordingRegistry(Registry):
 
     def _beats_done(self, call: Call, sent: list[tuple[int, dict[str, Any]]], reply: object) -> None:
         each: list[object] = [reply] * len(sent)
-        if call.script == "renew_many" and isinstance(reply, list) and len(reply) == len(sent):
-            each = list(reply)
+        if call.script == "renew_many" and not isinstance(reply, BaseException):
+            with contextlib.suppress(ScriptContractError):
+                each = split_renewals(reply, len(sent))
         for (op, where), one in zip(sent, each, strict=True):
             self._beat_done(op, where, one)
 

@@ -25,9 +25,12 @@ from .helpers import (
 Scripts = Callable[[str, Sequence[str], Sequence[str]], Any]
 
 
-def renew(call: Scripts, owners: Sequence[tuple[Resource, str]], ttl_ms: str = TTL_MS) -> Any:
-    """renew_many over (resource, token) pairs: KEYS = their status keys, ARGV = ttl, tokens."""
-    return call("renew_many", [r.status for r, _ in owners], [ttl_ms, *(t for _, t in owners)])
+def renew(call: Scripts, owners: Sequence[tuple[Resource, str]], ttl_ms: str = TTL_MS) -> list[list[str]]:
+    """renew_many over (resource, token) pairs: KEYS = their status keys, ARGV = ttl, tokens.
+    Returns its flat reply (word, data, word, data, ...) as one [word, data] pair per key."""
+    reply = call("renew_many", [r.status for r, _ in owners], [ttl_ms, *(t for _, t in owners)])
+    assert len(reply) == 2 * len(owners), reply
+    return [reply[i : i + 2] for i in range(0, len(reply), 2)]
 
 
 def test_each_key_gets_the_answer_heartbeat_would_give(
@@ -54,6 +57,7 @@ def test_each_key_gets_the_answer_heartbeat_would_give(
     )
 
     assert [r[0] for r in reply] == ["RENEWED", "EXPIRED", "TAKEN", "CORRUPT", "RENEWED"]
+    assert reply[1] == ["EXPIRED", ""]
     assert reply[2] == ["TAKEN", str(other.fencing_token)]
     assert reply[3][1]
     now = reply[0][1]

@@ -196,3 +196,13 @@ def test_variadic_body_uses_undocumented_argv(renew_many: ScriptSpec) -> None:
     problems = problems_for(with_spec(drifted))
     only_about(problems, "renew_many-n.lua")
     assert any("body uses ARGV" in p for p in problems)
+
+
+def test_variadic_body_answers_undocumented_word(renew_many: ScriptSpec) -> None:
+    """A reply word sent through the variadic answer(i, word, data) helper counts as a body reply."""
+    drifted = dataclasses.replace(
+        renew_many, source=renew_many.source + "\nif false then answer(1, 'SURPRISE', '') end\n"
+    )
+    problems = problems_for(with_spec(drifted))
+    only_about(problems, "renew_many-n.lua")
+    assert any("SURPRISE" in p for p in problems)

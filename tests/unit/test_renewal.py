@@ -76,8 +76,8 @@ def test_settle_applies_each_reply_to_its_lease() -> None:
     a CORRUPT one is retried soon, like a failed beat."""
     renewed, expired, taken, corrupt = make_cores(4)
     sent = SENT + BEAT
-    replies = [RENEWED, [b"EXPIRED"], [b"TAKEN", b"9"], [b"CORRUPT", b"status key is not a hash"]]
-    settle_renewal([renewed, expired, taken, corrupt], replies, sent, sent + 0.01)
+    reply = [*RENEWED, b"EXPIRED", b"", b"TAKEN", b"9", b"CORRUPT", b"status key is not a hash"]  # flat: word, data
+    settle_renewal([renewed, expired, taken, corrupt], reply, sent, sent + 0.01)
     assert renewed.deadline == sent + RENEW
     assert renewed.next_beat == sent + BEAT
     assert expired.lost_reason == "expired"
@@ -88,8 +88,8 @@ def test_settle_applies_each_reply_to_its_lease() -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    [RedisConnectionError("reset"), [RENEWED], [RENEWED, RENEWED, RENEWED], b"RENEWED", None],
-    ids=["error", "too-few", "too-many", "not-a-list", "none"],
+    [RedisConnectionError("reset"), RENEWED, RENEWED * 3, [RENEWED, RENEWED], b"RENEWED", None],
+    ids=["error", "too-few", "too-many", "nested", "not-a-list", "none"],
 )
 def test_a_failed_or_malformed_call_retries_every_lease(reply: object, caplog: pytest.LogCaptureFixture) -> None:
     """An exception instead of a reply, or a reply that is not one entry per lease, renews
@@ -108,7 +108,7 @@ def test_a_failed_or_malformed_call_retries_every_lease(reply: object, caplog: p
 def test_late_renewal_reply_loses_the_lease() -> None:
     """A RENEWED that arrives renew_deadline or more after its send time proves nothing: lost."""
     (core,) = make_cores(1)
-    settle_renewal([core], [RENEWED], SENT + BEAT, SENT + BEAT + RENEW + 0.1)
+    settle_renewal([core], RENEWED, SENT + BEAT, SENT + BEAT + RENEW + 0.1)
     assert core.lost_reason == "deadline"
 
 
