@@ -71,7 +71,10 @@ def usec_per_call(client: redis.Redis) -> dict[str, float]:
     return {k.removeprefix("cmdstat_"): v["usec_per_call"] for k, v in stats.items()}
 
 
-#: Reference scripts (not pylivermore operations): what any script costs on this server at least.
+#: Reference scripts (not pylivermore operations): the least a script costs on this server, and
+#: the least that the writes SPEC requires of a heartbeat and a claim cost without any checks.
+_ISO = "2026-11-29T12:00:00.000Z"
+_FIELDS = "'exchangeId', 'x', 'exchangeName', 'Bench', 'hostname', 'h', 'instanceId', 'i', 'fencingToken', '1'"
 FLOORS = {
     "floor: empty script": "return 1",
     "floor: owner check + PEXPIRE": (
@@ -79,16 +82,36 @@ FLOORS = {
         "if d ~= redis.sha1hex(ARGV[1]) then return 0 end "
         "return redis.call('PEXPIRE', KEYS[1], ARGV[2])"
     ),
+    "floor: same + TIME + HSET lastHeartbeat": (
+        "local d = redis.call('HGET', KEYS[1], 'ownerDigest') "
+        "if d ~= redis.sha1hex(ARGV[1]) then return 0 end "
+        "local t = redis.call('TIME') redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+        "return redis.call('HSET', KEYS[1], 'lastHeartbeat', t[1])"
+    ),
+    "floor: a claim's writes only (new keys)": (
+        f"redis.call('XADD', KEYS[2], 'MINID', '~', '0', '*', 'event', 'claim', 'timestamp', '{_ISO}', {_FIELDS}, "
+        "'ip', '', 'ttlMs', '45000', 'how', 'new', 'replaced', '') "
+        f"redis.call('HSET', KEYS[1], {_FIELDS}, 'connectionState', 'idle', 'symbolCount', '0', "
+        f"'lastHeartbeat', '{_ISO}', 'lastStateChange', '{_ISO}', 'registeredAt', '{_ISO}', 'ownerDigest', 'd') "
+        "redis.call('PEXPIRE', KEYS[1], 45000) return redis.call('SET', KEYS[3], '1')"
+    ),
 }
 
 
 def floor_ops(client: redis.Redis, status_key: str) -> list[tuple[str, Callable[[int], object]]]:
-    """The FLOORS scripts as operations on *status_key* (owner check fails: no renewal happens)."""
+    """The FLOORS scripts as operations: on *status_key* (whose owner check fails: nothing is
+    renewed), the claim's writes on new keys each time (as the claims measured next to them)."""
     ops: list[tuple[str, Callable[[int], object]]] = []
     for label, source in FLOORS.items():
         sha = client.script_load(source)
-        ops.append((label, lambda i, sha=sha: client.evalsha(sha, 1, status_key, "x" * 32, "45000")))
+        if "claim" in label:
+            ops.append((label, lambda i, sha=sha: client.evalsha(sha, 3, *(f"floor:{{{i}}}:{k}" for k in KEYS3))))
+        else:
+            ops.append((label, lambda i, sha=sha: client.evalsha(sha, 1, status_key, "x" * 32, "45000")))
     return ops
+
+
+KEYS3 = ("status", "log", "fence")
 
 
 def server_costs(
