@@ -88,46 +88,47 @@ BAD_TTLS = ["0", "-1", "9", "86400001", "inf", "nan", "1e3", "0x10", " 15", "15.
 BAD_TOKENS = ["short", "x" * 129, "has space-in-it-123", "tok/with/slash/00", ""]
 
 
-@pytest.mark.parametrize("ttl_ms", BAD_TTLS)
-def test_bad_ttl_refuses_the_whole_call(
-    ttl_ms: str,
-    call: Scripts,
-    claim: Claim,
-    make_resource: Callable[[], Resource],
-    admin: redis.Redis,
-    snapshot: Callable[[Resource], Snapshot],
-) -> None:
-    """A TTL that is not an integer from 10 to 86400000 is bad-args; no record is touched."""
+@pytest.fixture
+def two_owners(claim: Claim, make_resource: Callable[[], Resource], admin: redis.Redis) -> list[Owner]:
+    """Two claimed resources whose TTL was cut to 5 s, so that a renewal would show."""
     owners = [claim(make_resource()) for _ in range(2)]
     for o in owners:
         admin.pexpire(o.res.status, 5000)
+    return owners
+
+
+def refused_whole(owners: Sequence[Owner], snapshot: Callable[[Resource], Snapshot], send: Callable[[], Any]) -> str:
+    """*send* raises bad-args and leaves every owner's keys and TTL as they were; the error text."""
     before = [snapshot(o.res) for o in owners]
-    with pytest.raises(redis.ResponseError, match=BAD_ARGS):
-        renew(call, [(o.res, o.token) for o in owners], ttl_ms)
+    with pytest.raises(redis.ResponseError, match=BAD_ARGS) as info:
+        send()
     for o, snap in zip(owners, before, strict=True):
         assert_unchanged(snap, snapshot(o.res))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("ttl_ms", BAD_TTLS)
+def test_bad_ttl_refuses_the_whole_call(
+    ttl_ms: str, call: Scripts, two_owners: list[Owner], snapshot: Callable[[Resource], Snapshot]
+) -> None:
+    """A TTL that is not an integer from 10 to 86400000 is bad-args; no record is touched."""
+    refused_whole(two_owners, snapshot, lambda: renew(call, [(o.res, o.token) for o in two_owners], ttl_ms))
 
 
 @pytest.mark.parametrize("token", BAD_TOKENS)
 def test_one_bad_token_refuses_the_whole_call(
     token: str,
     call: Scripts,
-    claim: Claim,
+    two_owners: list[Owner],
     make_resource: Callable[[], Resource],
-    admin: redis.Redis,
     snapshot: Callable[[Resource], Snapshot],
 ) -> None:
     """A malformed token anywhere in the call is bad-args naming its position; the valid owners
     before and after it are not renewed (every argument is checked before the first write)."""
-    first, last = claim(make_resource()), claim(make_resource())
+    first, last = two_owners
     middle = make_resource()
-    for o in (first, last):
-        admin.pexpire(o.res.status, 5000)
-    before = [snapshot(o.res) for o in (first, last)]
-    with pytest.raises(redis.ResponseError, match=f"{BAD_ARGS} token 2 "):
-        renew(call, [(first.res, first.token), (middle, token), (last.res, last.token)])
-    for o, snap in zip((first, last), before, strict=True):
-        assert_unchanged(snap, snapshot(o.res))
+    sent = [(first.res, first.token), (middle, token), (last.res, last.token)]
+    assert "token 2 " in refused_whole(two_owners, snapshot, lambda: renew(call, sent))
 
 
 @pytest.mark.parametrize(
