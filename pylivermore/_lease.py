@@ -325,11 +325,7 @@ class Schedule(Generic[T]):
 
     def push(self, item: T) -> None:
         """File *item* again after it was handled (no-op once discarded or lost)."""
-        c = self._cores.get(item)
-        if c is not None and c.lost_reason is None:
-            heapq.heappush(self._heap, (c.wake_at(), next(self._seq), item))
-        elif c is not None:
-            del self._cores[item]
+        self.push_all((item,))
 
     def pop_due(self, now: float) -> list[T]:
         """Items whose wake time has come; they leave the heap until :meth:`push` or :meth:`push_all`."""
@@ -432,3 +428,10 @@ def settle_renewal(cores: Sequence[LeaseCore], reply: object, sent: float, now: 
         except Exception as exc:
             logger.warning("heartbeat of exchange %s got a bad reply: %s", c.exchange_id, exc)
             c.heartbeat_failed(now)
+
+
+def settle_round(renewals: Sequence[Renewal], replies: Sequence[object], sent: float, now: float) -> None:
+    """Apply the replies of one heartbeat round (one per renewal call, or the exception that
+    stood for it), all sent at *sent*; never raises."""
+    for (cores, _), reply in zip(renewals, replies, strict=True):
+        settle_renewal(cores, reply, sent, now)

@@ -23,7 +23,7 @@ from redis.retry import Retry
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
-from ._lease import LeaseCore, Schedule, renewal_calls, settle_renewal
+from ._lease import LeaseCore, Schedule, renewal_calls, settle_round
 from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
 from ._scripts import load_scripts
 from ._states import State
@@ -395,9 +395,7 @@ class _Heartbeat:
                     replies = registry._run_batch([call for _, call in renewals], registry._beat_client)
                 except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
                     replies = [exc] * len(renewals)
-                done = clock()
-                for (cores, _), reply in zip(renewals, replies, strict=True):
-                    settle_renewal(cores, reply, sent, done)
+                settle_round(renewals, replies, sent, clock())
             with self._lock:
                 self._schedule.push_all(due)
                 wake = self._schedule.next_wake()
