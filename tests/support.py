@@ -53,6 +53,15 @@ def wait_for_beat(admin: redis.Redis, key: str, timeout: float = HB + 1.0) -> fl
     return time.monotonic()
 
 
+def assert_lost_at_deadline(at: float, acked: float) -> None:
+    """A loss for "deadline" reported at *at* (monotonic) came when it should, given the last
+    heartbeat write the test saw at *acked*: by renew_deadline + heartbeat_interval after it, and
+    no earlier than renew_deadline after the last beat the owner *knows* was acknowledged. On a
+    loaded machine the owner's read of the reply to the write the test saw can time out (its log
+    then shows the failed beat): its deadline counts from the beat before, one interval earlier."""
+    assert DEADLINE - HB - 0.05 <= at - acked <= DEADLINE + HB + 0.15, f"lost {at - acked:.3f} s after the last ack"
+
+
 async def await_beat(admin: Any, key: str, timeout: float = HB + 1.0) -> float:
     """:func:`wait_for_beat` for asyncio tests; *admin* may be a sync or an asyncio client."""
 
