@@ -13,6 +13,7 @@ from .errors import (
     InvalidTransitionError,
     LeaseLostError,
     LivermoreError,
+    NotReplicatedError,
     ScriptContractError,
 )
 from .models import ActivityEntry, InstanceStatus
@@ -33,6 +34,7 @@ __all__ = [
     "Lease",
     "LeaseLostError",
     "LivermoreError",
+    "NotReplicatedError",
     "Registry",
     "ScriptContractError",
     "State",

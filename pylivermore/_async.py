@@ -18,14 +18,16 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
-from ._lease import LeaseCore, Schedule, renewal_calls, settle_round
-from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
+from ._lease import LeaseCore
+from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
+from ._renewal import ClusterRound, Node, Renewal, Schedule, renewal_calls, settle_round
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LeaseLostError, LivermoreError
@@ -74,6 +76,7 @@ class AsyncRegistry:
         self._checked = False
         self._heartbeat = _Heartbeat(self)
         self._background: set[asyncio.Task[Any]] = set()
+        self._node_clients: dict[tuple[Node, float | None], aredis.Redis] = {}
 
     @classmethod
     def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> AsyncRegistry:
@@ -92,24 +95,78 @@ class AsyncRegistry:
     async def _run(self, call: Call) -> Any:
         return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
 
-    async def _run_batch(self, calls: list[Call]) -> list[Any]:
-        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            sha, numkeys, rest = evalsha_args(call)
-            pipe.evalsha(sha, numkeys, *rest)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = noscript_indexes(replies)
-        if missing:  # the script cache was flushed: load and send those calls again, once
+    async def _run_batch(
+        self,
+        calls: list[Call],
+        client: aredis.Redis,
+        asking: bool = False,
+        tail: tuple[tuple[str | int, ...], ...] = (),
+    ) -> list[Any]:
+        """Send *calls*, then the *tail* commands, in one pipeline on *client*: each call's reply
+        (or the exception that stands for it), then the tail's replies."""
+        replies = await self._pipeline(client, calls, asking, tail)
+        missing = noscript_indexes(replies[: len(calls)])
+        if missing:  # the script cache was flushed: load and send those calls (and the tail) again, once
             for name in {calls[i].script for i in missing}:
-                await self._client.script_load(load_scripts()[name].source)
-            pipe = self._client.pipeline(transaction=False)
-            for i in missing:
-                sha, numkeys, rest = evalsha_args(calls[i])
-                pipe.evalsha(sha, numkeys, *rest)
-            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                await client.script_load(load_scripts()[name].source)
+            again = await self._pipeline(client, [calls[i] for i in missing], asking, tail)
+            for i, reply in zip(missing, again, strict=False):
                 replies[i] = reply
+            replies[len(calls) :] = again[len(missing) :]
         return replies
+
+    @staticmethod
+    async def _pipeline(
+        client: aredis.Redis, calls: list[Call], asking: bool, tail: tuple[tuple[str | int, ...], ...]
+    ) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for command in pipeline_commands(calls, asking, tail):
+            pipe.execute_command(*command)
+        return pipeline_replies(await pipe.execute(raise_on_error=False), len(calls), asking)
+
+    async def _renew(self, renewals: list[Renewal]) -> list[Any]:
+        """Send one heartbeat round, each attempt bounded in time; each call's reply, or the
+        exception that stands for it. No retry policy or slow server holds it past the deadline."""
+        sent = self._clock()
+        first_deadline = min(c.deadline for cores, _ in renewals for c in cores)
+        budget = min(self._config.heartbeat_timeout, max(first_deadline - sent, 0.001))
+        calls = [call for _, call in renewals]
+        cluster = self._client
+        if not isinstance(cluster, RedisCluster):  # one pipeline: the server works while replies are read
+            try:
+                return await asyncio.wait_for(self._run_batch(calls, cluster), budget)
+            except Exception as exc:
+                return [exc] * len(calls)
+        plan = ClusterRound(renewals, lambda key: _address(cluster.get_node_from_key(key)))
+
+        async def send(batch: Any) -> None:
+            try:
+                client = self._node(batch.node, self._config.heartbeat_timeout)
+                plan.absorb(batch, await asyncio.wait_for(self._run_batch(batch.calls, client, batch.asking), budget))
+            except Exception as exc:  # that node is down or unreachable: only its leases wait
+                plan.absorb(batch, exc)
+
+        while batches := plan.batches():  # one pipeline per node, all nodes at once
+            await asyncio.gather(*(send(batch) for batch in batches))
+        if plan.refresh:
+            await self._refresh_slots(cluster)
+        return plan.replies
+
+    def _node(self, node: Node, timeout: float | None) -> aredis.Redis:
+        assert isinstance(self._client, RedisCluster)
+        key = (node, timeout)
+        client = self._node_clients.get(key)
+        if client is None:
+            client = self._node_clients[key] = _node_client(self._client, node, timeout)
+        return client
+
+    @staticmethod
+    async def _refresh_slots(cluster: RedisCluster) -> None:
+        """Reload the slot map after a redirection or a node failure (never raises)."""
+        try:
+            await cluster.nodes_manager.initialize()
+        except Exception as exc:
+            logger.warning("could not refresh the cluster's slot map: %r", exc)
 
     def _spawn(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
@@ -142,19 +199,61 @@ class AsyncRegistry:
         *,
         reclaim: bool = False,
         on_lost: Callable[[AsyncLease], object] | None = None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> AsyncLease:
         """Claim *exchange_id* in one round trip and start renewing it in the background.
 
-        ``on_lost(lease)`` may be a plain function or a coroutine function.
+        ``on_lost(lease)`` may be a plain function or a coroutine function. *replicas* and
+        *replica_timeout* as in :meth:`Registry.claim <pylivermore.Registry.claim>`.
         """
         pending = self._config.claim(exchange_id, exchange_name, reclaim)
+        durable = self._config.durability(replicas, replica_timeout)
         await self._check_server()
         sent = self._clock()
-        lease = AsyncLease(self, self._config.claimed(pending, await self._run(pending.call), sent), on_lost)
+        if durable is None:
+            lease_core = self._config.claimed(pending, await self._run(pending.call), sent)
+        else:
+            reply, acknowledged = await self._claim_and_wait(pending.call, durable)
+            lease_core = self._config.claimed(pending, reply, sent)
+            shortfall = self._config.replication_error(pending.wire_id, acknowledged, durable)
+            if shortfall is not None:
+                await self._abandon(lease_core)
+                raise shortfall from (acknowledged if isinstance(acknowledged, Exception) else None)
+        lease = AsyncLease(self, lease_core, on_lost)
         self._heartbeat.add(lease)
         if self._resolver is not no_address:
             self._spawn(self._resolve(lease))
         return lease
+
+    async def _claim_and_wait(self, call: Call, durable: tuple[int, int]) -> tuple[Any, Any]:
+        """The claim's reply and ``WAIT``'s, from one pipeline on one connection (``WAIT`` counts
+        the replicas that acknowledged that connection's writes)."""
+        wait = (("WAIT", *durable),)
+        cluster = self._client
+        if not isinstance(cluster, RedisCluster):
+            reply, acknowledged = await self._run_batch([call], cluster, tail=wait)
+        else:
+            node = _address(cluster.get_node_from_key(call.keys[0]))
+            reply, acknowledged = await self._run_batch([call], self._node(node, None), tail=wait)
+            if isinstance(reply, AskError):  # the slot moved (MOVED) or is moving (ASK): once more, there
+                moved = isinstance(reply, MovedError)
+                if moved:
+                    await self._refresh_slots(cluster)
+                target = self._node((reply.host, int(reply.port)), None)
+                reply, acknowledged = await self._run_batch([call], target, not moved, wait)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply, acknowledged
+
+    async def _abandon(self, lease_core: LeaseCore) -> None:
+        """Release a claim that will not be handed out (never raises: the TTL ends it otherwise)."""
+        call = lease_core.release_call()
+        try:
+            if call is not None:
+                lease_core.release_done(await self._run(call))
+        except (LivermoreError, RedisError) as exc:
+            logger.warning("could not release exchange %s (it expires with its TTL): %s", lease_core.exchange_id, exc)
 
     async def _resolve(self, lease: AsyncLease) -> None:
         try:
@@ -201,8 +300,12 @@ class AsyncRegistry:
         return parse_force_release(await self._run(call), keys)
 
     async def close(self) -> None:
-        """Stop the background heartbeat (leases stop being renewed; they are not released)."""
+        """Stop the background heartbeat (leases stop being renewed; they are not released)
+        and close its own connections. The client passed in stays open."""
         await self._heartbeat.stop()
+        clients, self._node_clients = list(self._node_clients.values()), {}
+        for node_client in clients:
+            await node_client.aclose()
 
 
 class AsyncLease:
@@ -404,17 +507,9 @@ class _Heartbeat:
         while self._schedule:
             due = self._schedule.pop_due(clock() + ahead)
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
-            if renewals:  # one pipeline for the whole round: the server works while replies are read
+            if renewals:  # never raises: failed beats are retried until the deadline
                 sent = clock()
-                # Bounded: no retry policy or slow server may hold a renewal past the deadline.
-                first_deadline = min(c.deadline for cores, _ in renewals for c in cores)
-                budget = min(registry._config.heartbeat_timeout, max(first_deadline - sent, 0.001))
-                try:
-                    calls = [call for _, call in renewals]
-                    replies = await asyncio.wait_for(registry._run_batch(calls), budget)
-                except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
-                    replies = [exc] * len(renewals)
-                settle_round(renewals, replies, sent, clock())
+                settle_round(renewals, await registry._renew(renewals), sent, clock())
             self._schedule.push_all(due)
             wake = self._schedule.next_wake()
             self._planned = float("inf") if wake is None else wake
@@ -426,3 +521,20 @@ class _Heartbeat:
 
 def _core_of(lease: AsyncLease) -> LeaseCore:
     return lease._core
+
+
+def _address(node: Any) -> Node:
+    return node.host, int(node.port)
+
+
+def _node_client(cluster: RedisCluster, node: Node, timeout: float | None) -> aredis.Redis:
+    """A plain client of one cluster node, with the cluster's connection options (credentials,
+    TLS, protocol), for pipelines of scripts (redis-py's cluster pipeline refuses EVALSHA).
+    With *timeout*, its calls give up after that many seconds and never retry."""
+    kwargs = dict(cluster.nodes_manager.connection_kwargs)
+    for internal in ("response_callbacks", "redis_connect_func"):  # the cluster's own wiring
+        kwargs.pop(internal, None)
+    kwargs.update(host=node[0], port=node[1])
+    if timeout is not None:
+        kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    return aredis.Redis.from_pool(aredis.ConnectionPool(**kwargs))

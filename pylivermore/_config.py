@@ -17,7 +17,7 @@ from . import _protocol as proto
 from ._keys import Keys, check_id, check_namespace, status_pattern
 from ._lease import LeaseCore, LeaseSettings
 from ._states import State, build_table
-from .errors import CorruptStatusError
+from .errors import CorruptStatusError, NotReplicatedError
 from .models import ActivityEntry, InstanceStatus, decode_entry, decode_status, text_dict
 
 logger = logging.getLogger("pylivermore.registry")
@@ -146,6 +146,27 @@ class RegistryConfig:
             keys, token, s.ttl_ms, wire_id, exchange_name, self.hostname, self.instance_id, reclaim, s.retention_ms
         )
         return PendingClaim(wire_id, exchange_name, keys, token, call)
+
+    @staticmethod
+    def durability(replicas: int, replica_timeout: float) -> tuple[int, int] | None:
+        """``(replicas, timeout in ms)`` of a durable claim (``WAIT`` after the claim), ``None`` for a plain one."""
+        if isinstance(replicas, bool) or not isinstance(replicas, int):
+            raise TypeError(f"replicas must be an int, not {type(replicas).__name__}")
+        if not 0 <= replicas <= 64:
+            raise ValueError(f"replicas must be from 0 (do not wait) to 64, not {replicas}")
+        timeout = _seconds("replica_timeout", replica_timeout)
+        if timeout > 600:
+            raise ValueError(f"replica_timeout must be at most 600 seconds, not {replica_timeout}")
+        return (replicas, max(1, round(timeout * 1000))) if replicas else None
+
+    @staticmethod
+    def replication_error(wire_id: str, acknowledged: object, durable: tuple[int, int]) -> NotReplicatedError | None:
+        """The error of a durable claim that *acknowledged* (``WAIT``'s reply) does not satisfy."""
+        replicas, timeout_ms = durable
+        if isinstance(acknowledged, int) and not isinstance(acknowledged, bool) and acknowledged >= replicas:
+            return None
+        count = acknowledged if isinstance(acknowledged, int) and not isinstance(acknowledged, bool) else -1
+        return NotReplicatedError(wire_id, replicas, count, timeout_ms / 1000)
 
     def claimed(self, pending: PendingClaim, reply: object, sent_at: float) -> LeaseCore:
         """The new lease's core; raises :class:`~pylivermore.ClaimConflictError` on conflict."""

@@ -48,6 +48,29 @@ def evalsha_args(call: Call) -> tuple[str, int, tuple[str, ...]]:
     return load_scripts()[call.script].sha1, len(call.keys), (*call.keys, *call.args)
 
 
+def pipeline_commands(
+    calls: Sequence[Call], asking: bool = False, tail: Sequence[tuple[str | int, ...]] = ()
+) -> list[tuple[str | int, ...]]:
+    """The raw commands that send *calls* in one pipeline (each after ``ASKING`` with *asking*:
+    a cluster node importing a slot runs a command on it only right after ``ASKING``), then *tail*."""
+    out: list[tuple[str | int, ...]] = []
+    for call in calls:
+        if asking:
+            out.append(("ASKING",))
+        sha, numkeys, rest = evalsha_args(call)
+        out.append(("EVALSHA", sha, numkeys, *rest))
+    out.extend(tail)
+    return out
+
+
+def pipeline_replies(replies: Sequence[object], count: int, asking: bool = False) -> list[object]:
+    """The replies of a :func:`pipeline_commands` pipeline of *count* calls: one per call, then the
+    tail's (the replies to ``ASKING`` left out)."""
+    if asking:
+        return [*replies[1 : 2 * count : 2], *replies[2 * count :]]
+    return list(replies)
+
+
 def noscript_indexes(replies: Sequence[object]) -> list[int]:
     """Positions of the pipelined replies that failed with NOSCRIPT (the script did not run)."""
     return [i for i, r in enumerate(replies) if isinstance(r, Exception) and str(r).startswith("No matching script")]

@@ -17,14 +17,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
-from ._lease import LeaseCore, Schedule, renewal_calls, settle_round
-from ._protocol import Call, evalsha_args, noscript_indexes, parse_force_release
+from ._lease import LeaseCore
+from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
+from ._renewal import ClusterRound, Node, Renewal, Schedule, renewal_calls, settle_round
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LivermoreError
@@ -36,12 +38,29 @@ logger = logging.getLogger("pylivermore.heartbeat")
 
 def _bounded(client: redis.Redis, timeout: float) -> redis.Redis:
     """A client on the same server whose calls give up after *timeout* and never retry."""
-    pool = getattr(client, "connection_pool", None)
-    if type(pool) is not redis.ConnectionPool:
-        return client  # Cluster, Sentinel and custom pools cannot be cloned safely: use the client as is.
+    pool: Any = getattr(client, "connection_pool", None)
+    if type(pool) not in (redis.ConnectionPool, SentinelConnectionPool):
+        return client  # a cluster has its own per-node clients; custom pools cannot be cloned safely
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    if isinstance(pool, SentinelConnectionPool):  # same service, same sentinels: it follows failovers too
+        kwargs.pop("connection_pool", None)
+        kwargs.update(is_master=pool.is_master, check_connection=pool.check_connection)
+        clone = SentinelConnectionPool(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kwargs
+        )
+        return redis.Redis.from_pool(clone)
+    return redis.Redis.from_pool(redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+def _node_client(cluster: RedisCluster, node: Node, timeout: float | None) -> redis.Redis:
+    """A plain client of one cluster node, with the cluster's connection options (credentials,
+    TLS, protocol), for pipelines of scripts (redis-py's cluster pipeline refuses EVALSHA).
+    With *timeout*, its calls give up after that many seconds and never retry."""
+    kwargs = {**cluster.nodes_manager.connection_kwargs, "host": node[0], "port": node[1]}
+    if timeout is not None:
+        kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    return redis.Redis(**kwargs)
 
 
 class Registry:
@@ -91,6 +110,7 @@ class Registry:
         )
         self._client = client
         self._beat_client = _bounded(client, self._config.heartbeat_timeout)
+        self._node_clients: dict[tuple[Node, float | None], redis.Redis] = {}
         self._scripts: dict[str, Script] = {n: client.register_script(s.source) for n, s in load_scripts().items()}
         self._clock = clock
         self._resolver = resolver
@@ -114,24 +134,71 @@ class Registry:
     def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
         return self._scripts[call.script](keys=call.keys, args=call.args, client=client or self._client)
 
-    def _run_batch(self, calls: list[Call], client: redis.Redis) -> list[Any]:
-        """Send *calls* in one pipeline; each reply, or the exception that stands for it."""
-        pipe = client.pipeline(transaction=False)
-        for call in calls:
-            sha, numkeys, rest = evalsha_args(call)
-            pipe.evalsha(sha, numkeys, *rest)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        missing = noscript_indexes(replies)
-        if missing:  # the script cache was flushed: load and send those calls again, once
+    def _run_batch(
+        self,
+        calls: list[Call],
+        client: redis.Redis,
+        asking: bool = False,
+        tail: tuple[tuple[str | int, ...], ...] = (),
+    ) -> list[Any]:
+        """Send *calls*, then the *tail* commands, in one pipeline on *client*: each call's reply
+        (or the exception that stands for it), then the tail's replies."""
+        replies = self._pipeline(client, calls, asking, tail)
+        missing = noscript_indexes(replies[: len(calls)])
+        if missing:  # the script cache was flushed: load and send those calls (and the tail) again, once
             for name in {calls[i].script for i in missing}:
                 client.script_load(load_scripts()[name].source)
-            pipe = client.pipeline(transaction=False)
-            for i in missing:
-                sha, numkeys, rest = evalsha_args(calls[i])
-                pipe.evalsha(sha, numkeys, *rest)
-            for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+            again = self._pipeline(client, [calls[i] for i in missing], asking, tail)
+            for i, reply in zip(missing, again, strict=False):
                 replies[i] = reply
+            replies[len(calls) :] = again[len(missing) :]
         return replies
+
+    @staticmethod
+    def _pipeline(
+        client: redis.Redis, calls: list[Call], asking: bool, tail: tuple[tuple[str | int, ...], ...]
+    ) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for command in pipeline_commands(calls, asking, tail):
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        return pipeline_replies(pipe.execute(raise_on_error=False), len(calls), asking)
+
+    def _renew(self, renewals: list[Renewal]) -> list[Any]:
+        """Send one heartbeat round; each call's reply, or the exception that stands for it."""
+        calls = [call for _, call in renewals]
+        cluster = self._client
+        if not isinstance(cluster, RedisCluster):  # one pipeline: the server works while replies are read
+            try:
+                return self._run_batch(calls, self._beat_client)
+            except Exception as exc:
+                return [exc] * len(calls)
+        plan = ClusterRound(renewals, lambda key: _address(cluster.get_node_from_key(key)))
+        while batches := plan.batches():
+            for batch in batches:  # one pipeline per node
+                try:
+                    client = self._node(batch.node, self._config.heartbeat_timeout)
+                    plan.absorb(batch, self._run_batch(batch.calls, client, batch.asking))
+                except Exception as exc:  # that node is down or unreachable: only its leases wait
+                    plan.absorb(batch, exc)
+        if plan.refresh:
+            self._refresh_slots(cluster)
+        return plan.replies
+
+    def _node(self, node: Node, timeout: float | None) -> redis.Redis:
+        assert isinstance(self._client, RedisCluster)
+        key = (node, timeout)
+        client = self._node_clients.get(key)
+        if client is None:
+            client = self._node_clients[key] = _node_client(self._client, node, timeout)
+        return client
+
+    @staticmethod
+    def _refresh_slots(cluster: RedisCluster) -> None:
+        """Reload the slot map after a redirection or a node failure (never raises)."""
+        try:
+            cluster.nodes_manager.initialize()
+        except Exception as exc:
+            logger.warning("could not refresh the cluster's slot map: %r", exc)
 
     def _check_server(self) -> None:
         if self._checked:
@@ -159,20 +226,65 @@ class Registry:
         *,
         reclaim: bool = False,
         on_lost: Callable[[Lease], object] | None = None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> Lease:
         """Claim *exchange_id* in one round trip and start renewing it in the background.
 
         Raises :class:`~pylivermore.ClaimConflictError` (with ``.holder`` and ``.ttl``) when
         another live owner holds it. ``on_lost(lease)`` is called once if the lease is lost.
+        With *replicas*, the claim also waits (``WAIT``, in the same round trip) until that many
+        replicas have it, at most *replica_timeout* seconds; if they do not, it is released
+        again and :class:`~pylivermore.NotReplicatedError` raised. (``replica_timeout`` must stay
+        below the client's socket timeout.)
         """
         pending = self._config.claim(exchange_id, exchange_name, reclaim)
+        durable = self._config.durability(replicas, replica_timeout)
         self._check_server()
         sent = self._clock()
-        lease = Lease(self, self._config.claimed(pending, self._run(pending.call), sent), on_lost)
+        if durable is None:
+            lease_core = self._config.claimed(pending, self._run(pending.call), sent)
+        else:
+            reply, acknowledged = self._claim_and_wait(pending.call, durable)
+            lease_core = self._config.claimed(pending, reply, sent)
+            shortfall = self._config.replication_error(pending.wire_id, acknowledged, durable)
+            if shortfall is not None:
+                self._abandon(lease_core)
+                raise shortfall from (acknowledged if isinstance(acknowledged, Exception) else None)
+        lease = Lease(self, lease_core, on_lost)
         self._heartbeat.add(lease)
         if self._resolver is not no_address:
             threading.Thread(target=self._resolve, args=(lease,), name="pylivermore-resolver", daemon=True).start()
         return lease
+
+    def _claim_and_wait(self, call: Call, durable: tuple[int, int]) -> tuple[Any, Any]:
+        """The claim's reply and ``WAIT``'s, from one pipeline on one connection (``WAIT`` counts
+        the replicas that acknowledged that connection's writes)."""
+        wait = (("WAIT", *durable),)
+        cluster = self._client
+        if not isinstance(cluster, RedisCluster):
+            reply, acknowledged = self._run_batch([call], cluster, tail=wait)
+        else:
+            node = _address(cluster.get_node_from_key(call.keys[0]))
+            reply, acknowledged = self._run_batch([call], self._node(node, None), tail=wait)
+            if isinstance(reply, AskError):  # the slot moved (MOVED) or is moving (ASK): once more, there
+                moved = isinstance(reply, MovedError)
+                if moved:
+                    self._refresh_slots(cluster)
+                target = self._node((reply.host, int(reply.port)), None)
+                reply, acknowledged = self._run_batch([call], target, not moved, wait)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply, acknowledged
+
+    def _abandon(self, lease_core: LeaseCore) -> None:
+        """Release a claim that will not be handed out (never raises: the TTL ends it otherwise)."""
+        call = lease_core.release_call()
+        try:
+            if call is not None:
+                lease_core.release_done(self._run(call))
+        except (LivermoreError, RedisError) as exc:
+            logger.warning("could not release exchange %s (it expires with its TTL): %s", lease_core.exchange_id, exc)
 
     def _resolve(self, lease: Lease) -> None:
         try:
@@ -224,6 +336,9 @@ class Registry:
         self._heartbeat.stop()
         if self._beat_client is not self._client:
             self._beat_client.close()
+        for node_client in self._node_clients.values():
+            node_client.close()
+        self._node_clients.clear()
 
 
 class Lease:
@@ -389,13 +504,9 @@ class _Heartbeat:
                     return
                 due = self._schedule.pop_due(clock() + ahead)
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
-            if renewals:  # one pipeline for the whole round: the server works while replies are read
+            if renewals:  # never raises: failed beats are retried until the deadline
                 sent = clock()
-                try:
-                    replies = registry._run_batch([call for _, call in renewals], registry._beat_client)
-                except Exception as exc:  # never raise into the caller: failed beats are retried until the deadline
-                    replies = [exc] * len(renewals)
-                settle_round(renewals, replies, sent, clock())
+                settle_round(renewals, registry._renew(renewals), sent, clock())
             with self._lock:
                 self._schedule.push_all(due)
                 wake = self._schedule.next_wake()
@@ -406,3 +517,7 @@ class _Heartbeat:
 
 def _core_of(lease: Lease) -> LeaseCore:
     return lease._core
+
+
+def _address(node: Any) -> Node:
+    return node.host, int(node.port)

@@ -135,6 +135,31 @@ class CorruptStatusError(LivermoreError):
         return f"{self.key}: {self.detail}; inspect the key, then delete or repair it"
 
 
+class NotReplicatedError(LivermoreError):
+    """A durable claim (``claim(..., replicas=N)``) was not acknowledged by N replicas in time.
+
+    The claim was released again (or, if that failed too, expires with its TTL), so nobody holds
+    the resource through it. Attributes: ``exchange_id``, ``replicas`` (asked for),
+    ``acknowledged`` (replicas that confirmed the claim, ``-1`` if unknown) and ``timeout``
+    (seconds waited); ``__cause__`` holds the error of a ``WAIT`` that failed.
+    """
+
+    def __init__(self, exchange_id: str, replicas: int, acknowledged: int, timeout: float) -> None:
+        super().__init__(exchange_id, replicas, acknowledged, timeout)
+        self.exchange_id = exchange_id
+        self.replicas = replicas
+        self.acknowledged = acknowledged
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        got = "an unknown number" if self.acknowledged < 0 else str(self.acknowledged)
+        return (
+            f"the claim of exchange {self.exchange_id} reached {got} of {self.replicas} replica(s) within "
+            f"{self.timeout:g} s, so it was released: check the replicas (INFO replication on the master), "
+            "or claim with fewer replicas or a longer replica_timeout"
+        )
+
+
 class ScriptContractError(LivermoreError):
     """A script's reply does not match its documented contract (script and wrapper out of step)."""
 

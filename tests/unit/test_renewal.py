@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+from redis.exceptions import AskError, MovedError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pylivermore._config import RegistryConfig
-from pylivermore._lease import BATCH, LeaseCore, Schedule, renewal_calls, settle_renewal
+from pylivermore._lease import LeaseCore
+from pylivermore._protocol import pipeline_commands, pipeline_replies
+from pylivermore._renewal import BATCH, ClusterRound, Node, Renewal, Schedule, renewal_calls, settle_renewal
 
 TTL, RENEW, BEAT = 45.0, 30.0, 15.0
 SENT = 1000.0
@@ -96,7 +99,7 @@ def test_a_failed_or_malformed_call_retries_every_lease(reply: object, caplog: p
     nothing: every lease retries after heartbeat_interval / 4, and one warning is logged."""
     cores = make_cores(2)
     sent = SENT + BEAT
-    with caplog.at_level(logging.WARNING, logger="pylivermore.lease"):
+    with caplog.at_level(logging.WARNING, logger="pylivermore.heartbeat"):
         settle_renewal(cores, reply, sent, sent + 0.01)
     for core in cores:
         assert core.deadline == SENT + RENEW
@@ -141,3 +144,96 @@ def test_schedule_pops_exactly_the_due_leases(count: int) -> None:
     assert len(schedule) == count - 2  # the lost lease left the schedule
     assert schedule.pop_due(now + BEAT - 0.001) == [later]
     assert sorted(id(c) for c in schedule.pop_due(now + BEAT)) == sorted(id(c) for c in due[1:])
+
+
+# -- cluster rounds -------------------------------------------------------------------------------
+
+
+NODES = [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)]
+
+
+def cluster_round(count: int) -> tuple[list[Renewal], ClusterRound]:
+    """*count* leases, one renew_many call each (one slot each), spread over three nodes in turn."""
+    cores = make_cores(count)
+    renewals = renewal_calls(cores, ident, SENT + BEAT, slot_of={c.keys.status: i for i, c in enumerate(cores)}.get)
+    node_of = {call.keys[0]: NODES[i % 3] for i, (_, call) in enumerate(renewals)}.__getitem__
+    return renewals, ClusterRound(renewals, node_of)
+
+
+def test_a_cluster_round_sends_one_pipeline_per_node() -> None:
+    """15 calls over 3 nodes make 3 batches, each with the calls of its node in order; the round is
+    complete once their replies are absorbed, and the replies line up with the calls."""
+    renewals, plan = cluster_round(15)
+    batches = plan.batches()
+    assert sorted(b.node for b in batches) == NODES
+    assert all(not b.asking and len(b.calls) == 5 for b in batches)
+    for batch in batches:
+        assert batch.calls == [renewals[i][1] for i in batch.indexes]
+        plan.absorb(batch, [[b"RENEWED", str(i).encode()] for i in batch.indexes])
+    assert plan.batches() == []
+    assert plan.replies == [[b"RENEWED", str(i).encode()] for i in range(15)]
+    assert not plan.refresh
+
+
+def test_redirected_calls_are_sent_once_more_to_the_node_named() -> None:
+    """MOVED resends to the new owner of the slot (no ASKING) and asks for a slot-map refresh; ASK
+    resends with ASKING to the importing node; a call redirected twice keeps its error."""
+    renewals, plan = cluster_round(3)
+    first = {b.node: b for b in plan.batches()}
+    moved, ask = MovedError("11 127.0.0.1:7009"), AskError("12 127.0.0.1:7008")
+    plan.absorb(first[NODES[0]], [moved])
+    plan.absorb(first[NODES[1]], [ask])
+    plan.absorb(first[NODES[2]], [RENEWED])
+    again = {b.node: b for b in plan.batches()}
+    assert set(again) == {("127.0.0.1", 7009), ("127.0.0.1", 7008)}
+    assert (again[("127.0.0.1", 7009)].asking, again[("127.0.0.1", 7008)].asking) == (False, True)
+    assert again[("127.0.0.1", 7009)].calls == [renewals[0][1]]
+    assert plan.refresh  # MOVED: the slot map is stale
+    plan.absorb(again[("127.0.0.1", 7009)], [RENEWED])
+    plan.absorb(again[("127.0.0.1", 7008)], [AskError("12 127.0.0.1:7007")])
+    assert plan.batches() == []  # no third attempt in one round
+    assert plan.replies[0] == RENEWED
+    assert isinstance(plan.replies[1], AskError)
+    assert plan.replies[2] == RENEWED
+
+
+def test_a_node_that_is_down_fails_only_its_calls() -> None:
+    """A pipeline that raised (node down) stands for each of its calls; the other nodes' replies
+    stand; the slot map is refreshed before the next round."""
+    _, plan = cluster_round(6)
+    down = RedisConnectionError("connection refused")
+    for batch in plan.batches():
+        plan.absorb(batch, down if batch.node == NODES[1] else [RENEWED] * len(batch.calls))
+    assert [r is down for r in plan.replies] == [i % 3 == 1 for i in range(6)]
+    assert plan.refresh
+
+
+def test_an_unroutable_call_fails_alone() -> None:
+    """A key whose slot no node serves (the node_of lookup raises) fails that call only."""
+    cores = make_cores(2)
+    renewals = renewal_calls(cores, ident, SENT + BEAT, slot_of={c.keys.status: i for i, c in enumerate(cores)}.get)
+    lost_slot = renewals[0][1].keys[0]
+
+    def node_of(key: str) -> Node:
+        if key == lost_slot:
+            raise SlotNotCoveredError("slot not covered")
+        return NODES[0]
+
+    plan = ClusterRound(renewals, node_of)
+    (batch,) = plan.batches()
+    plan.absorb(batch, [RENEWED])
+    assert isinstance(plan.replies[0], SlotNotCoveredError)
+    assert plan.replies[1] == RENEWED
+    assert plan.refresh
+
+
+def test_pipeline_commands_put_asking_before_each_call_and_the_tail_last() -> None:
+    """With asking, each EVALSHA follows an ASKING; the tail (e.g. WAIT) comes last; the replies
+    keep one per call, then the tail's."""
+    renewals, _ = cluster_round(2)
+    calls = [call for _, call in renewals]
+    commands = pipeline_commands(calls, asking=True, tail=[("WAIT", 1, 100)])
+    assert [c[0] for c in commands] == ["ASKING", "EVALSHA", "ASKING", "EVALSHA", "WAIT"]
+    assert commands[1][2:] == (1, *calls[0].keys, *calls[0].args)
+    assert pipeline_replies([b"OK", "r1", b"OK", "r2", 1], 2, asking=True) == ["r1", "r2", 1]
+    assert pipeline_replies(["r1", "r2", 1], 2) == ["r1", "r2", 1]
