@@ -57,9 +57,12 @@ def _node_client(cluster: RedisCluster, node: Node, timeout: float | None) -> re
     """A plain client of one cluster node, with the cluster's connection options (credentials,
     TLS, protocol), for pipelines of scripts (redis-py's cluster pipeline refuses EVALSHA).
     With *timeout*, its calls give up after that many seconds and never retry."""
-    kwargs = {**cluster.nodes_manager.connection_kwargs, "host": node[0], "port": node[1]}
+    manager = cluster.nodes_manager
+    kwargs = {**manager.connection_kwargs, "host": node[0], "port": node[1]}
     if timeout is not None:
         kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    if manager.from_url:  # as redis-py builds its node clients: the options are a pool's (connection_class ...)
+        return redis.Redis.from_pool(manager.connection_pool_class(**kwargs))
     return redis.Redis(**kwargs)
 
 
