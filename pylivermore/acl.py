@@ -1,9 +1,12 @@
 """Least-privilege Redis ACL rules for pylivermore users.
 
 Workers need the scripts (``EVALSHA``, ``SCRIPT LOAD`` for NOSCRIPT recovery), the commands the
-scripts call (Redis checks every command inside a script against the caller's ACL), and the
-readers' ``HGETALL``/``SCAN``/``XREVRANGE``. Dashboards only read. Neither gets ``CONFIG``,
-``DEBUG``, ``FLUSH*``, ``KEYS``, ``SCRIPT FLUSH`` or ``CLIENT``.
+scripts call (Redis checks every command inside a script against the caller's ACL), the
+readers' ``HGETALL``/``SCAN``/``XREVRANGE``, and what a Redis Cluster client sends to find its
+way (:data:`CLUSTER_COMMANDS`, on every topology). Dashboards only read. Neither gets
+``CONFIG``, ``DEBUG``, ``FLUSH*``, ``KEYS``, ``SCRIPT FLUSH`` or ``CLIENT`` (see
+:data:`CLIENT_SETINFO` for the one ``CLIENT`` subcommand redis-py sends). A Sentinel-managed
+client needs nothing more on the data nodes; on the Sentinel, see :data:`SENTINEL_CLIENT_COMMANDS`.
 
 Limitation: an ACL cannot say "only through the scripts": a worker allowed ``HSET`` for the
 scripts can also send ``HSET`` directly. The scripts treat what they read as untrusted (type
@@ -24,12 +27,54 @@ SCRIPT_COMMANDS = (
     "xadd", "xrevrange",
 )  # fmt: skip
 
+#: What a Redis Cluster client (redis-py's ``RedisCluster``, sync and asyncio) sends besides the
+#: registry's own commands: ``CLUSTER SLOTS`` to learn the slot map at start and after a
+#: ``MOVED`` (``CLUSTER SHARDS`` is its successor, the same facts, granted so that a client
+#: upgrade does not lock workers out), ``COMMAND`` to learn where each command's keys are,
+#: ``ASKING`` to follow an ``ASK`` redirect while a slot migrates (the heartbeat sends it in its
+#: pipelines then), ``READONLY`` to read from replicas (``load_balancing_strategy``).
+#:
+#: They are part of the worker and dashboard rules on every topology: none of them reads or
+#: writes a key, on a standalone server ``CLUSTER`` only answers an error and ``ASKING`` /
+#: ``READONLY`` have no effect, and without them redis-py refuses to start on a cluster with a
+#: misleading "Cluster mode is not enabled on this node" (it reads the NOPERM reply to
+#: ``CLUSTER SLOTS`` as a standalone server). One rule set that keeps working when a deployment
+#: moves to a cluster is worth more than withholding five metadata commands.
+CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking", "readonly")
+
+#: Not granted, though redis-py (5.0 and later) sends it on every new connection: ``CLIENT
+#: SETINFO`` (it names the library in ``CLIENT LIST``). The client ignores the refusal, but Redis
+#: 7.2+ and Valkey record one ``ACL LOG`` entry per connection for it. Redis 7.0 refuses to load
+#: a rule that names it (an unknown subcommand), so rules meant for every supported server
+#: cannot carry it: on 7.2+ add it (:data:`CLIENT_SETINFO`) to keep ``ACL LOG`` free of those
+#: entries, or build clients with ``lib_name=None`` so that they do not send it.
+CLIENT_SETINFO = ("client|setinfo",)
+
+#: What a durable claim (``claim(..., replicas=N)``) sends after the claim script, in the same
+#: pipeline: ``WAIT`` blocks the caller's own connection until N replicas have its writes. It
+#: reads and writes nothing.
+DURABLE_COMMANDS = ("wait",)
+
 #: Everything a worker process needs. ``info`` is optional: it lets the registry check
 #: ``maxmemory-policy`` on first use (``CONFIG`` is deliberately not granted).
-WORKER_COMMANDS = ("ping", "hello", "evalsha", "script|load", "scan", "info", *SCRIPT_COMMANDS)
+WORKER_COMMANDS = (
+    "ping", "hello", "evalsha", "script|load", "scan", "info",
+    *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS,
+)  # fmt: skip
 
 #: A read-only dashboard: ``get``, ``instances`` and ``activity``.
-DASHBOARD_COMMANDS = ("ping", "hello", "hgetall", "scan", "xrevrange")
+DASHBOARD_COMMANDS = ("ping", "hello", "hgetall", "scan", "xrevrange", *CLUSTER_COMMANDS)
+
+
+#: A Sentinel-managed client (redis-py's ``Sentinel.master_for``, sync and asyncio) sends the data
+#: nodes nothing beyond :data:`WORKER_COMMANDS` (measured with redis-py 8.1: no ``ROLE``; after a
+#: failover it finds the new master through the Sentinel). What it needs is on the Sentinel
+#: process, and only if the Sentinel has ACL users of its own (``user`` lines in sentinel.conf):
+#: ``SENTINEL MASTERS`` to find the master, ``SENTINEL SLAVES`` / ``REPLICAS`` for ``slave_for``,
+#: and ``SENTINEL GET-MASTER-ADDR-BY-NAME``, which other clients (redis-cli, Node.js) ask instead.
+SENTINEL_CLIENT_COMMANDS = (
+    "ping", "sentinel|masters", "sentinel|slaves", "sentinel|replicas", "sentinel|get-master-addr-by-name",
+)  # fmt: skip
 
 
 def _rules(keys: str, password: str | None, commands: tuple[str, ...]) -> list[str]:
@@ -45,3 +90,10 @@ def worker_rules(namespace: str = "exchange", password: str | None = None) -> li
 def dashboard_rules(namespace: str = "exchange", password: str | None = None) -> list[str]:
     """ACL SETUSER rules for a read-only dashboard of *namespace*."""
     return _rules(f"%R~{namespace}:*", password, DASHBOARD_COMMANDS)
+
+
+def sentinel_client_rules(password: str | None = None) -> list[str]:
+    """ACL SETUSER rules, for a Sentinel's own ACL, of a client that only looks up the master
+    and replicas (no keys, no channels)."""
+    auth = [f">{password}"] if password is not None else ["nopass"]
+    return ["on", *auth, "resetkeys", "resetchannels", "-@all", *(f"+{c}" for c in SENTINEL_CLIENT_COMMANDS)]

@@ -1,4 +1,5 @@
-"""Lease API for safe work: ensure_held() and, for asyncio, guard() cancelling work on loss."""
+"""Lease API for safe work: ensure_held() and, for asyncio, guard() cancelling work on loss; on
+every topology (standalone and cluster; sync and asyncio where the API exists on both)."""
 
 from __future__ import annotations
 
@@ -6,48 +7,47 @@ import asyncio
 import time
 
 import pytest
-import redis
-import redis.asyncio as aredis
 
-from pylivermore import AsyncRegistry, LeaseLostError, Registry
+from pylivermore import LeaseLostError
+from tests.integration.conftest import ASYNC_ONLY, Topology, io
+from tests.support import await_until
 
 FAST = {"ttl": 1.5, "heartbeat_interval": 0.5, "renew_deadline": 1.0}
 
 
-def test_ensure_held_raises_once_the_lease_is_lost(client: redis.Redis, namespace: str) -> None:
-    """ensure_held() passes while the lease is held and raises LeaseLostError (no round trip) after loss."""
-    registry = Registry(client, namespace=namespace, **FAST)
-    lease = registry.claim(1, "X")
+async def test_ensure_held_raises_once_the_lease_is_lost(topology: Topology, namespace: str) -> None:
+    """ensure_held() passes while the lease is held and raises LeaseLostError (no round trip)
+    once the heartbeat has seen the loss."""
+    registry = topology.registry(namespace=namespace, **FAST)
+    lease = await io(registry.claim(1, "X"))
     lease.ensure_held()
-    registry.force_release(1, "test")
-    deadline = time.monotonic() + 3
-    while lease.lost_reason is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    await io(registry.force_release(1, "test"))
+    assert await await_until(lambda: lease.lost_reason is not None, 3), "the heartbeat did not see the loss"
     with pytest.raises(LeaseLostError) as info:
         lease.ensure_held()
     assert info.value.reason == "expired"
-    registry.close()
 
 
-def test_ensure_held_raises_at_the_local_deadline(client: redis.Redis, namespace: str) -> None:
+async def test_ensure_held_raises_at_the_local_deadline(topology: Topology, namespace: str) -> None:
     """With the heartbeat stopped, ensure_held() raises "deadline" once renew_deadline has passed."""
     now = [100.0]
-    registry = Registry(client, namespace=namespace, clock=lambda: now[0], **FAST)
-    lease = registry.claim(1, "X")
-    registry.close()
+    registry = topology.registry(namespace=namespace, clock=lambda: now[0], **FAST)
+    lease = await io(registry.claim(1, "X"))
+    await io(registry.close())
     now[0] += 0.99
     lease.ensure_held()
     now[0] += 0.02
     with pytest.raises(LeaseLostError) as info:
         lease.ensure_held()
     assert info.value.reason == "deadline"
-    lease.release()
+    await io(lease.release())
 
 
-async def test_guard_cancels_the_block_when_the_lease_is_lost(aclient: aredis.Redis, namespace: str) -> None:
+@pytest.mark.parametrize("topology", ASYNC_ONLY, indirect=True)
+async def test_guard_cancels_the_block_when_the_lease_is_lost(topology: Topology, namespace: str) -> None:
     """A block under `async with lease.guard()` is cancelled soon after the lease is lost and ends
     with LeaseLostError; the task itself is not left cancelled."""
-    registry = AsyncRegistry(aclient, namespace=namespace, **FAST)
+    registry = topology.registry(namespace=namespace, **FAST)
     lease = await registry.claim(1, "X")
     reached_end = False
 
@@ -66,12 +66,12 @@ async def test_guard_cancels_the_block_when_the_lease_is_lost(aclient: aredis.Re
     assert info.value.reason == "expired"
     assert time.monotonic() - started < FAST["heartbeat_interval"] + 0.5
     assert not reached_end
-    await registry.close()
 
 
-async def test_guard_is_transparent_while_the_lease_is_held(aclient: aredis.Redis, namespace: str) -> None:
+@pytest.mark.parametrize("topology", ASYNC_ONLY, indirect=True)
+async def test_guard_is_transparent_while_the_lease_is_held(topology: Topology, namespace: str) -> None:
     """A block that finishes while the lease is held returns normally; a guard on a lost lease refuses to start."""
-    registry = AsyncRegistry(aclient, namespace=namespace, **FAST)
+    registry = topology.registry(namespace=namespace, **FAST)
     lease = await registry.claim(1, "X")
     async with lease.guard() as held:
         await asyncio.sleep(0.6)  # spans a heartbeat
@@ -80,4 +80,3 @@ async def test_guard_is_transparent_while_the_lease_is_held(aclient: aredis.Redi
     with pytest.raises(LeaseLostError):
         async with lease.guard():
             pass
-    await registry.close()
