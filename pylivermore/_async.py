@@ -27,7 +27,7 @@ from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
 from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
-from ._renewal import ClusterRound, Node, Renewal, Schedule, renewal_calls, settle_round
+from ._renewal import ClusterRound, Node, NodeClients, Renewal, Schedule, renewal_calls, settle_round
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LeaseLostError, LivermoreError
@@ -76,7 +76,8 @@ class AsyncRegistry:
         self._checked = False
         self._heartbeat = _Heartbeat(self)
         self._background: set[asyncio.Task[Any]] = set()
-        self._node_clients: dict[tuple[Node, float | None], aredis.Redis] = {}
+        self._refresher: asyncio.Future[None] | None = None
+        self._nodes: NodeClients[aredis.Redis] = NodeClients(lambda node, timeout: _node_client(client, node, timeout))
 
     @classmethod
     def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> AsyncRegistry:
@@ -141,7 +142,7 @@ class AsyncRegistry:
 
         async def send(batch: Any) -> None:
             try:
-                client = self._node(batch.node, self._config.heartbeat_timeout)
+                client = self._nodes.get(batch.node, self._config.heartbeat_timeout)
                 plan.absorb(batch, await asyncio.wait_for(self._run_batch(batch.calls, client, batch.asking), budget))
             except Exception as exc:  # that node is down or unreachable: only its leases wait
                 plan.absorb(batch, exc)
@@ -149,16 +150,14 @@ class AsyncRegistry:
         while batches := plan.batches():  # one pipeline per node, all nodes at once
             await asyncio.gather(*(send(batch) for batch in batches))
         if plan.refresh:
-            await self._refresh_slots(cluster)
+            self._refresh_slots_soon(cluster)
         return plan.replies
 
-    def _node(self, node: Node, timeout: float | None) -> aredis.Redis:
-        assert isinstance(self._client, RedisCluster)
-        key = (node, timeout)
-        client = self._node_clients.get(key)
-        if client is None:
-            client = self._node_clients[key] = _node_client(self._client, node, timeout)
-        return client
+    def _refresh_slots_soon(self, cluster: RedisCluster) -> None:
+        """Reload the slot map in the background, once at a time: a stalled node can hold the
+        reload for the client's whole socket timeout, and no heartbeat round may wait for that."""
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.ensure_future(self._refresh_slots(cluster))
 
     @staticmethod
     async def _refresh_slots(cluster: RedisCluster) -> None:
@@ -235,12 +234,12 @@ class AsyncRegistry:
             reply, acknowledged = await self._run_batch([call], cluster, tail=wait)
         else:
             node = _address(cluster.get_node_from_key(call.keys[0]))
-            reply, acknowledged = await self._run_batch([call], self._node(node, None), tail=wait)
+            reply, acknowledged = await self._run_batch([call], self._nodes.get(node, None), tail=wait)
             if isinstance(reply, AskError):  # the slot moved (MOVED) or is moving (ASK): once more, there
                 moved = isinstance(reply, MovedError)
                 if moved:
-                    await self._refresh_slots(cluster)
-                target = self._node((reply.host, int(reply.port)), None)
+                    self._refresh_slots_soon(cluster)
+                target = self._nodes.get((reply.host, int(reply.port)), None)
                 reply, acknowledged = await self._run_batch([call], target, not moved, wait)
         if isinstance(reply, Exception):
             raise reply
@@ -303,8 +302,11 @@ class AsyncRegistry:
         """Stop the background heartbeat (leases stop being renewed; they are not released)
         and close its own connections. The client passed in stays open."""
         await self._heartbeat.stop()
-        clients, self._node_clients = list(self._node_clients.values()), {}
-        for node_client in clients:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        for node_client in self._nodes.drain():
             await node_client.aclose()
 
 
@@ -527,10 +529,11 @@ def _address(node: Any) -> Node:
     return node.host, int(node.port)
 
 
-def _node_client(cluster: RedisCluster, node: Node, timeout: float | None) -> aredis.Redis:
+def _node_client(cluster: aredis.Redis | RedisCluster, node: Node, timeout: float | None) -> aredis.Redis:
     """A plain client of one cluster node, with the cluster's connection options (credentials,
     TLS, protocol), for pipelines of scripts (redis-py's cluster pipeline refuses EVALSHA).
     With *timeout*, its calls give up after that many seconds and never retry."""
+    assert isinstance(cluster, RedisCluster), "node clients exist on a cluster only"
     kwargs = dict(cluster.nodes_manager.connection_kwargs)
     for internal in ("response_callbacks", "redis_connect_func"):  # the cluster's own wiring
         kwargs.pop(internal, None)

@@ -174,6 +174,29 @@ def settle_round(renewals: Sequence[Renewal], replies: Sequence[object], sent: f
 #: A cluster node, as redis-py names it in redirections: ``(host, port)``.
 Node = tuple[str, int]
 
+C = TypeVar("C")
+
+
+class NodeClients(Generic[C]):
+    """Plain clients of single cluster nodes, one per node and timeout, made on first use by
+    *factory* (a driver's): the heartbeat's pipelines and durable claims' ``WAIT`` go through
+    them, since redis-py's cluster pipeline refuses ``EVALSHA``."""
+
+    def __init__(self, factory: Callable[[Node, float | None], C]) -> None:
+        self._factory = factory
+        self._clients: dict[tuple[Node, float | None], C] = {}
+
+    def get(self, node: Node, timeout: float | None) -> C:
+        client = self._clients.get((node, timeout))
+        if client is None:
+            client = self._clients[(node, timeout)] = self._factory(node, timeout)
+        return client
+
+    def drain(self) -> list[C]:
+        """Every client made so far, forgotten here (for the driver to close)."""
+        clients, self._clients = list(self._clients.values()), {}
+        return clients
+
 
 @dataclass(slots=True)
 class Batch:

@@ -26,7 +26,7 @@ from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
 from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
-from ._renewal import ClusterRound, Node, Renewal, Schedule, renewal_calls, settle_round
+from ._renewal import ClusterRound, Node, NodeClients, Renewal, Schedule, renewal_calls, settle_round
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LivermoreError
@@ -53,10 +53,11 @@ def _bounded(client: redis.Redis, timeout: float) -> redis.Redis:
     return redis.Redis.from_pool(redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
-def _node_client(cluster: RedisCluster, node: Node, timeout: float | None) -> redis.Redis:
+def _node_client(cluster: redis.Redis | RedisCluster, node: Node, timeout: float | None) -> redis.Redis:
     """A plain client of one cluster node, with the cluster's connection options (credentials,
     TLS, protocol), for pipelines of scripts (redis-py's cluster pipeline refuses EVALSHA).
     With *timeout*, its calls give up after that many seconds and never retry."""
+    assert isinstance(cluster, RedisCluster), "node clients exist on a cluster only"
     manager = cluster.nodes_manager
     kwargs = {**manager.connection_kwargs, "host": node[0], "port": node[1]}
     if timeout is not None:
@@ -113,7 +114,8 @@ class Registry:
         )
         self._client = client
         self._beat_client = _bounded(client, self._config.heartbeat_timeout)
-        self._node_clients: dict[tuple[Node, float | None], redis.Redis] = {}
+        self._refresher: threading.Thread | None = None
+        self._nodes: NodeClients[redis.Redis] = NodeClients(lambda node, timeout: _node_client(client, node, timeout))
         self._scripts: dict[str, Script] = {n: client.register_script(s.source) for n, s in load_scripts().items()}
         self._clock = clock
         self._resolver = resolver
@@ -179,21 +181,22 @@ class Registry:
         while batches := plan.batches():
             for batch in batches:  # one pipeline per node
                 try:
-                    client = self._node(batch.node, self._config.heartbeat_timeout)
+                    client = self._nodes.get(batch.node, self._config.heartbeat_timeout)
                     plan.absorb(batch, self._run_batch(batch.calls, client, batch.asking))
                 except Exception as exc:  # that node is down or unreachable: only its leases wait
                     plan.absorb(batch, exc)
         if plan.refresh:
-            self._refresh_slots(cluster)
+            self._refresh_slots_soon(cluster)
         return plan.replies
 
-    def _node(self, node: Node, timeout: float | None) -> redis.Redis:
-        assert isinstance(self._client, RedisCluster)
-        key = (node, timeout)
-        client = self._node_clients.get(key)
-        if client is None:
-            client = self._node_clients[key] = _node_client(self._client, node, timeout)
-        return client
+    def _refresh_slots_soon(self, cluster: RedisCluster) -> None:
+        """Reload the slot map in the background, once at a time: a stalled node can hold the
+        reload for the client's whole socket timeout, and no heartbeat round may wait for that."""
+        if self._refresher is None or not self._refresher.is_alive():
+            self._refresher = threading.Thread(
+                target=self._refresh_slots, args=(cluster,), name="pylivermore-slots", daemon=True
+            )
+            self._refresher.start()
 
     @staticmethod
     def _refresh_slots(cluster: RedisCluster) -> None:
@@ -269,12 +272,12 @@ class Registry:
             reply, acknowledged = self._run_batch([call], cluster, tail=wait)
         else:
             node = _address(cluster.get_node_from_key(call.keys[0]))
-            reply, acknowledged = self._run_batch([call], self._node(node, None), tail=wait)
+            reply, acknowledged = self._run_batch([call], self._nodes.get(node, None), tail=wait)
             if isinstance(reply, AskError):  # the slot moved (MOVED) or is moving (ASK): once more, there
                 moved = isinstance(reply, MovedError)
                 if moved:
-                    self._refresh_slots(cluster)
-                target = self._node((reply.host, int(reply.port)), None)
+                    self._refresh_slots_soon(cluster)
+                target = self._nodes.get((reply.host, int(reply.port)), None)
                 reply, acknowledged = self._run_batch([call], target, not moved, wait)
         if isinstance(reply, Exception):
             raise reply
@@ -339,9 +342,8 @@ class Registry:
         self._heartbeat.stop()
         if self._beat_client is not self._client:
             self._beat_client.close()
-        for node_client in self._node_clients.values():
+        for node_client in self._nodes.drain():
             node_client.close()
-        self._node_clients.clear()
 
 
 class Lease:

@@ -16,6 +16,7 @@ from redis.retry import Retry
 
 from pylivermore import acl
 from pylivermore.server import RedisServer, find_server_binary
+from tests.topology import ClusterSet, SentinelSet
 
 HERE = Path(__file__).parent
 
@@ -35,6 +36,8 @@ ACL_ARGS = " ".join(
 ACL_MODE = os.environ.get("PYLIVERMORE_TEST_ACL", "1") != "0"
 if ACL_MODE:
     os.environ["PYLIVERMORE_REDIS_ARGS"] = ACL_ARGS  # inherited by subprocesses that start servers
+#: What replicas, MIGRATE and the Sentinel authenticate with (None: no users, no auth).
+ADMIN_CREDENTIALS = (ADMIN_USER, ADMIN_PASSWORD) if ACL_MODE else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -129,3 +132,52 @@ async def aadmin(redis_server: RedisServer) -> AsyncIterator[aredis.Redis]:
     c = make_async_admin_client(redis_server)
     yield c
     await c.aclose()
+
+
+# -- topologies (tests/topology) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterSet]:
+    """A Redis Cluster of 3 masters and 3 replicas for the session (≈2 s to build); tests keep
+    apart through their namespace and must leave its topology as they found it."""
+    _require_binary()
+    with ClusterSet(3, 1, admin=ADMIN_CREDENTIALS) as c:
+        yield c
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[ClusterSet]:
+    """A 3+3 cluster of this test's own, for destructive tests (failover, resharding); its
+    cluster-node-timeout of 1 s makes a failover take about 2 s."""
+    _require_binary()
+    with ClusterSet(3, 1, node_timeout=1000, admin=ADMIN_CREDENTIALS) as c:
+        yield c
+
+
+@pytest.fixture
+def sentinel() -> Iterator[SentinelSet]:
+    """A master, a replica and a Sentinel (down-after 300 ms) of this test's own."""
+    _require_binary()
+    with SentinelSet(down_after=300, admin=ADMIN_CREDENTIALS) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def patient_cluster() -> Iterator[ClusterSet]:
+    """3 masters, no replica, a node timeout far longer than any stall a test causes and no
+    full-coverage rule: a stalled or starved master is never failed over, nor takes the other
+    masters down with it (resharding and stall tests, which must not see a failover)."""
+    _require_binary()
+    args = ["--cluster-require-full-coverage", "no"]
+    with ClusterSet(3, 0, node_timeout=60_000, admin=ADMIN_CREDENTIALS, extra_args=args) as c:
+        yield c
+
+
+@pytest.fixture
+def steady_sentinel() -> Iterator[SentinelSet]:
+    """Like ``sentinel``, but with down-after 10 s: on a loaded machine a starved master is not
+    failed over behind a test that does not mean to fail it over."""
+    _require_binary()
+    with SentinelSet(down_after=10_000, admin=ADMIN_CREDENTIALS) as s:
+        yield s

@@ -239,3 +239,47 @@ def test_decode_listing_skips_gone_and_corrupt_records() -> None:
     raws = [rec("b"), {}, rec("a"), Exception("boom"), {**rec("c"), b"symbolCount": b"many"}]
     out = c.decode_listing(keys, raws)
     assert [s.exchange_id for s in out] == ["a", "b"]
+
+
+# -- durable claims --------------------------------------------------------------------------
+
+
+def test_durability_of_a_plain_and_a_durable_claim() -> None:
+    """replicas=0 sends no WAIT; otherwise WAIT gets the count and the timeout in milliseconds."""
+    assert RegistryConfig.durability(0, 1.0) is None
+    assert RegistryConfig.durability(2, 0.25) == (2, 250)
+    assert RegistryConfig.durability(1, 0.0001) == (1, 1)  # WAIT 0 would block forever
+
+
+@pytest.mark.parametrize(
+    ("replicas", "timeout", "error"),
+    [
+        (-1, 1.0, ValueError),
+        (65, 1.0, ValueError),
+        (True, 1.0, TypeError),
+        ("1", 1.0, TypeError),
+        (1.0, 1.0, TypeError),
+        (1, 0, ValueError),
+        (1, -1.0, ValueError),
+        (1, math.nan, ValueError),
+        (1, math.inf, ValueError),
+        (1, 601, ValueError),
+        (1, "1", TypeError),
+    ],
+)
+def test_durability_rejects_bad_arguments(replicas: object, timeout: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="replica"):
+        RegistryConfig.durability(replicas, timeout)  # type: ignore[arg-type]
+
+
+def test_replication_error_only_when_short() -> None:
+    """Enough acknowledgements: no error; fewer, or a WAIT that failed: an error with the count."""
+    assert RegistryConfig.replication_error("7", 2, (2, 500)) is None
+    assert RegistryConfig.replication_error("7", 3, (2, 500)) is None
+    short = RegistryConfig.replication_error("7", 1, (2, 500))
+    assert short is not None
+    assert (short.exchange_id, short.replicas, short.acknowledged, short.timeout) == ("7", 2, 1, 0.5)
+    failed = RegistryConfig.replication_error("7", ConnectionError("reset"), (1, 500))
+    assert failed is not None
+    assert failed.acknowledged == -1
+    assert "an unknown number of 1 replica(s)" in str(failed)

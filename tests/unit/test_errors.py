@@ -16,6 +16,7 @@ from pylivermore import (
     InvalidTransitionError,
     LeaseLostError,
     LivermoreError,
+    NotReplicatedError,
     ScriptContractError,
     State,
 )
@@ -53,6 +54,10 @@ SAMPLES: list[tuple[LivermoreError, dict[str, object]]] = [
         {"key": "ns:{7}:status", "detail": "status key is not a hash"},
     ),
     (ScriptContractError("claim", [b"WHAT", 1]), {"script": "claim", "reply": [b"WHAT", 1]}),
+    (
+        NotReplicatedError("7", 2, 1, 0.5),
+        {"exchange_id": "7", "replicas": 2, "acknowledged": 1, "timeout": 0.5},
+    ),
 ]
 IDS = [f"{type(e).__name__}-{i}" for i, (e, _) in enumerate(SAMPLES)]
 
@@ -79,7 +84,14 @@ def test_copy_keeps_attributes(error: LivermoreError, attrs: dict[str, object]) 
 
 def test_hierarchy() -> None:
     """All errors derive from LivermoreError (an Exception); InvalidTransitionError is also a ValueError."""
-    for cls in (ClaimConflictError, LeaseLostError, InvalidTransitionError, CorruptStatusError, ScriptContractError):
+    for cls in (
+        ClaimConflictError,
+        LeaseLostError,
+        InvalidTransitionError,
+        CorruptStatusError,
+        ScriptContractError,
+        NotReplicatedError,
+    ):
         assert issubclass(cls, LivermoreError)
     assert issubclass(LivermoreError, Exception)
     assert issubclass(InvalidTransitionError, ValueError)
@@ -97,6 +109,7 @@ def test_all_exported() -> None:
         "InvalidTransitionError",
         "CorruptStatusError",
         "ScriptContractError",
+        "NotReplicatedError",
     ):
         assert name in pylivermore.__all__
         assert isinstance(getattr(pylivermore, name), type)

@@ -12,7 +12,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from pylivermore._config import RegistryConfig
 from pylivermore._lease import LeaseCore
 from pylivermore._protocol import pipeline_commands, pipeline_replies
-from pylivermore._renewal import BATCH, ClusterRound, Node, Renewal, Schedule, renewal_calls, settle_renewal
+from pylivermore._renewal import (
+    BATCH,
+    ClusterRound,
+    Node,
+    NodeClients,
+    Renewal,
+    Schedule,
+    renewal_calls,
+    settle_renewal,
+)
 
 TTL, RENEW, BEAT = 45.0, 30.0, 15.0
 SENT = 1000.0
@@ -237,3 +246,23 @@ def test_pipeline_commands_put_asking_before_each_call_and_the_tail_last() -> No
     assert commands[1][2:] == (1, *calls[0].keys, *calls[0].args)
     assert pipeline_replies([b"OK", "r1", b"OK", "r2", 1], 2, asking=True) == ["r1", "r2", 1]
     assert pipeline_replies(["r1", "r2", 1], 2) == ["r1", "r2", 1]
+
+
+def test_node_clients_are_made_once_per_node_and_timeout() -> None:
+    """A node's client is made on first use and reused; another timeout gets its own; drain hands
+    every client over once (to be closed) and starts afresh."""
+    made: list[tuple[Node, float | None]] = []
+
+    def factory(node: Node, timeout: float | None) -> tuple[Node, float | None]:
+        made.append((node, timeout))
+        return node, timeout
+
+    clients = NodeClients(factory)
+    assert clients.get(NODES[0], 0.5) is clients.get(NODES[0], 0.5)
+    clients.get(NODES[0], None)
+    clients.get(NODES[1], 0.5)
+    assert made == [(NODES[0], 0.5), (NODES[0], None), (NODES[1], 0.5)]
+    assert sorted(clients.drain(), key=str) == sorted(made, key=str)
+    assert clients.drain() == []
+    clients.get(NODES[0], 0.5)
+    assert len(made) == 4
