@@ -232,11 +232,26 @@ class RegistryConfig:
         return exc
 
     @staticmethod
-    def eviction_warning(policy: str | None) -> str | None:
+    def eviction_warning(policy: str | None, server: str | None = None) -> str | None:
         if policy is None or policy in SAFE_POLICIES:
             return None
+        where = f"the Redis server {server}" if server else "the Redis server"
         return (
-            f"the Redis server's maxmemory-policy is {policy!r}: under memory pressure it may evict "
+            f"{where}'s maxmemory-policy is {policy!r}: under memory pressure it may evict "
             "lease keys (they carry a TTL) and let a second owner claim a live resource; "
             "set maxmemory-policy to noeviction"
         )
+
+    @staticmethod
+    def eviction_warnings(reply: Mapping[str, Any], per_node: bool) -> list[str]:
+        """A warning for each server whose policy may evict lease keys, from ``INFO memory``
+        (with *per_node*, a cluster's reply: one INFO per master, keyed by node name)."""
+        infos: Mapping[str, Any] = reply if per_node else {"": reply}
+        out = []
+        for node, info in sorted(infos.items()):
+            policy = info.get("maxmemory_policy") if isinstance(info, Mapping) else None
+            text = policy.decode() if isinstance(policy, bytes) else policy
+            warning = RegistryConfig.eviction_warning(text, node or None)
+            if warning:
+                out.append(warning)
+        return out

@@ -210,17 +210,22 @@ class Registry:
         if self._checked:
             return
         self._checked = True
+        cluster = isinstance(self._client, RedisCluster)
         try:
             try:  # INFO first: least-privilege users have it (pylivermore.acl), CONFIG they do not
-                policy = self._client.info("memory").get("maxmemory_policy")
+                if cluster:  # every master: one evicting node is enough to lose leases
+                    reply = self._client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                else:
+                    reply = self._client.info("memory")
             except ResponseError:
-                policy = self._client.config_get("maxmemory-policy").get("maxmemory-policy")
+                if cluster:
+                    raise
+                policy = (self._client.config_get("maxmemory-policy")).get("maxmemory-policy")
+                reply = {"maxmemory_policy": policy}
         except RedisError as exc:
             logger.debug("could not read maxmemory-policy: %s", exc)
             return
-        text = policy.decode() if isinstance(policy, bytes) else policy
-        warning = self._config.eviction_warning(text)
-        if warning:
+        for warning in self._config.eviction_warnings(reply, cluster):
             logging.getLogger("pylivermore.registry").warning(warning)
 
     # -- owner side ------------------------------------------------------------------------

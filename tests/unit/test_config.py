@@ -156,6 +156,23 @@ def test_eviction_warning_for_evicting_policies(policy: str) -> None:
     assert "noeviction" in warning
 
 
+def test_eviction_warnings_name_each_evicting_cluster_node() -> None:
+    """A cluster's INFO (one per master) gives a warning per evicting master, naming it; a
+    standalone reply gives at most one, naming no node."""
+    reply = {
+        "10.0.0.2:7001": {"maxmemory_policy": "noeviction"},
+        "10.0.0.1:7000": {"maxmemory_policy": "allkeys-lru"},
+        "10.0.0.3:7002": {"maxmemory_policy": b"volatile-ttl"},
+    }
+    warnings = RegistryConfig.eviction_warnings(reply, per_node=True)
+    assert len(warnings) == 2
+    assert "10.0.0.1:7000's maxmemory-policy is 'allkeys-lru'" in warnings[0]
+    assert "10.0.0.3:7002's maxmemory-policy is 'volatile-ttl'" in warnings[1]
+    assert RegistryConfig.eviction_warnings({"maxmemory_policy": "noeviction"}, per_node=False) == []
+    (single,) = RegistryConfig.eviction_warnings({"maxmemory_policy": "allkeys-lfu"}, per_node=False)
+    assert single.startswith("the Redis server's maxmemory-policy is 'allkeys-lfu'")
+
+
 # -- registry-level protocol -----------------------------------------------------------------
 
 
