@@ -165,7 +165,12 @@ def main() -> int:
     print(f"total {data['total_seconds']:.1f} s; wrote {json_path}, {md_path}" + "".join(f", {p}" for p in pngs))
     if note:
         print(note)
-    return 0
+    # A contention run that failed (a worker process crashed or hung, or a round did no work)
+    # has no figures worth reporting: say which, and exit non-zero.
+    failed = [r for r in data.get("contention", []) if r["failed"]]
+    for r in failed:
+        print(f"FAILED {r['impl']} W={r['workers']} R={r['resources']}: {'; '.join(r['failed'])}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -116,7 +116,12 @@ async def worker_loop(impl: Any, s: WorkerStats, job: Job, end: float) -> None:
         await asyncio.sleep(job.pace + rng.random() * job.jitter)
 
     try:
-        while clock() < end:
+        # At least one attempt, however late this process got its job: on a loaded machine a
+        # process may start after ``end`` (a smoke run's T is 0.2 s), and a cell in which no
+        # worker even tried would measure nothing. Its elapsed time counts to ``finished_at``.
+        attempts = 0
+        while attempts == 0 or clock() < end:
+            attempts += 1
             rid = rng.randrange(job.resources)
             sent = clock()
             try:
@@ -157,7 +162,10 @@ async def run_job(job: Job) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, job.start_at - time.monotonic()))
         end = job.start_at + job.duration
         tasks = [asyncio.create_task(worker_loop(impl, s, job, end)) for s in stats]
-        _, pending = await asyncio.wait(tasks, timeout=max(0.0, end + job.grace - time.monotonic()))
+        # The hard deadline counts from when this process could start, not from the common start:
+        # a process that got its job late still has the grace for its one attempt per worker.
+        stop_by = max(end, time.monotonic()) + job.grace
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, stop_by - time.monotonic()))
         for task in pending:  # the hard deadline: cut whatever is still running
             task.cancel()
         await asyncio.wait(tasks, timeout=5)
@@ -273,7 +281,9 @@ def check_intervals(intervals: Iterable[tuple[int, float, float, int, int | None
 
     Each interval is (resource, start, end, worker, fencing token or None). An interval that
     starts before an earlier-starting interval of another worker on the same resource has
-    ended is one violation.
+    ended is one violation. ``fencing`` is None when no interval carries a token: an
+    implementation without fencing tokens (or no interval at all, which :func:`summarize`
+    reports as a failed round).
     """
     by_rid: dict[int, list[tuple[float, float, int, int | None]]] = {}
     for rid, start, end, worker, token in intervals:
@@ -347,7 +357,7 @@ def summarize(
         per_worker[w["worker"]] = per_worker.get(w["worker"], 0) + w["completed"]
     # Each round starts on an empty server (fence counters included): check rounds one by one.
     checks = []
-    for _, rs in parts:
+    for k, (_, rs) in enumerate(parts):
         intervals = [
             (rid, a, b, w["worker"], tok)
             for r in rs
@@ -356,6 +366,16 @@ def summarize(
             for rid, a, b, tok in w["intervals"]
         ]
         checks.append(check_intervals(intervals))
+        if not intervals and not any("failed" in r for r in rs):
+            # Every worker makes at least one claim attempt on an empty server, so a round in
+            # which none succeeded did no work: report it, do not pass it off as 0 violations.
+            round_stats = [w for r in rs if "workers" in r for w in r["workers"]]
+            conflicts, errors = sum(w["conflicts"] for w in round_stats), sum(w["errors"] for w in round_stats)
+            samples = sorted({e for w in round_stats for e in w["error_samples"]})[:2]
+            failed.append(
+                f"round {k + 1}: no claim succeeded, so there is no ownership interval to check "
+                f"({conflicts} conflicts, {errors} errors{''.join('; ' + e for e in samples)})"
+            )
     completed = list(per_worker.values())
     latency: dict[str, dict[str, float]] = {}
     hist: dict[str, list[int]] = {}

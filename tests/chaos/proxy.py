@@ -48,6 +48,7 @@ class FaultProxy:
         self.bytes_up = 0  # bytes delivered to the server, for "no round trip" checks
         self.resets = 0  # resets done by reset_after_request
         self.accepted = 0  # client connections accepted
+        self.held = 0  # chunks read and not yet delivered (or dropped): see :meth:`delivered`
         self._max_lifetime = max_lifetime
         self._delay = {"up": 0.0, "down": 0.0}
         self._blackhole = False
@@ -79,6 +80,12 @@ class FaultProxy:
 
     def delay_down(self, seconds: float) -> None:
         self._delay = {**self._delay, "down": seconds}
+
+    def delivered(self) -> bool:
+        """True once every byte read so far has been delivered (or dropped by a reset): what a
+        delay held back has landed. Poll it (``wait_until(proxy.delivered, ...)``) instead of
+        sleeping for the delay: the proxy's thread may run late on a loaded machine."""
+        return self.held == 0
 
     def reset_after_request(self, marker: bytes) -> None:
         """Arm a one-shot reset for the next request containing *marker* (then back to pass)."""
@@ -151,6 +158,7 @@ class FaultProxy:
                 if reset:
                     self._marker, conn.doomed = None, True
                 last = max(loop.time() + self._delay[direction], last)
+                self.held += 1
                 queue.put_nowait((last, data, reset))
         queue.put_nowait(None)
         await writer
@@ -160,14 +168,17 @@ class FaultProxy:
         target = conn.upstream if direction == "up" else conn.client
         while (item := await queue.get()) is not None:
             at, data, reset = item
-            await asyncio.sleep(max(0.0, at - loop.time()))
-            if target.is_closing() or (direction == "down" and conn.doomed):
-                continue
-            with contextlib.suppress(OSError):
-                target.write(data)
-                await target.drain()
-                if direction == "up":
-                    self.bytes_up += len(data)
+            try:
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                if target.is_closing() or (direction == "down" and conn.doomed):
+                    continue
+                with contextlib.suppress(OSError):
+                    target.write(data)
+                    await target.drain()
+                    if direction == "up":
+                        self.bytes_up += len(data)
+            finally:
+                self.held -= 1
             if reset:
                 sock = conn.client.get_extra_info("socket")
                 with contextlib.suppress(OSError):

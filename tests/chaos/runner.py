@@ -21,7 +21,8 @@ Faults, drawn with ``random.Random(--seed)`` (``--schedule forced`` starts with 
 fixed order, ``random`` with every kind in a seeded order; both continue at random):
 
 * ``owner_kill``: SIGKILL a worker (preferably a current holder), then start a new one;
-* ``owner_pause``: SIGSTOP a worker (preferably a holder) for longer than the TTL, then SIGCONT;
+* ``owner_pause``: SIGSTOP a worker (preferably a holder) for longer than the TTL, then SIGCONT
+  (in the forced schedule both wait, for a while, until some worker holds a resource);
 * ``script_flush``: ``SCRIPT FLUSH`` on the registry server;
 * ``server_pause``: SIGSTOP the registry server for less (``short``) or more (``long``) than
   ``renew_deadline``, then SIGCONT;
@@ -1025,16 +1026,38 @@ class Runner:
         next_fault = self.t0 + 2.0
         next_snap = self.t0 + 1.0
         plan = self.plan()
+        pending: tuple[str, str | None] | None = None
+        # In the forced schedule an owner fault waits for a worker that holds a resource: on a
+        # loaded machine the workers may take seconds to start and claim, and a kill of a
+        # non-holder checks no liveness. After a third of the fault window it goes ahead anyway
+        # (the checker's shortfalls then say the run checked no liveness).
+        holder_wait_until = self.t0 + (fault_until - self.t0) / 3
+        forced_left = len(FORCED) if cfg.schedule == "forced" else 0
         while time.monotonic() < self.deadline - 0.3:
             now = time.monotonic()
             if now >= next_snap:
                 self.snapshot("periodic")
                 next_snap = time.monotonic() + SNAPSHOT_EVERY
             if next_fault <= now < fault_until:
-                kind, variant = next(plan)
-                self.inject(kind, variant)
-                gap = 1.5 if cfg.schedule == "forced" else self.rng.uniform(1.0, 3.5)
-                next_fault = time.monotonic() + gap
+                kind, variant = pending = pending or next(plan)
+                if not (
+                    cfg.schedule == "forced"
+                    and kind in ("owner_kill", "owner_pause")
+                    and now < holder_wait_until
+                    and not self.holders()
+                ):
+                    self.inject(kind, variant)
+                    pending = None
+                    if cfg.schedule == "forced":
+                        # 1.5 s between faults, less if the forced ones left would not fit before
+                        # fault_until otherwise (a loaded machine starts the workers late and
+                        # stretches every fault): each may take up to ~2.6 s (a long pause).
+                        forced_left = max(0, forced_left - 1)
+                        budget = (fault_until - time.monotonic()) / forced_left if forced_left else 1e9
+                        gap = min(1.5, max(0.2, budget - 2.6))
+                    else:
+                        gap = self.rng.uniform(1.0, 3.5)
+                    next_fault = time.monotonic() + gap
             for w in list(self.workers.values()):
                 code = w.popen.poll()
                 if code is not None and time.monotonic() < self.deadline - 1.0:

@@ -2,10 +2,14 @@
 
 * pylivermore: 6 workers over 3 resources for ~28 s, every fault kind forced at least once
   (``--schedule forced``: owner kill, SCRIPT FLUSH, short and long server pauses, owner pause
-  longer than the TTL, server restart without persistence, then random ones); ZERO violations.
+  longer than the TTL, server restart without persistence, then random ones); ZERO violations,
+  and no shortfall of material for the checks (``checker.shortfalls``: claims after the last
+  restart, fenced writes of several owners per resource, a lease kept alive by its heartbeats,
+  a killed holder), however few operations a loaded machine let the run do.
 * the seed port, same run: the checker must report violations (it can see what it checks for).
 * the checker itself on small hand-made histories: an overlap, a non-increasing fencing token and
-  a lost store item are flagged; a clean history passes.
+  a lost store item are flagged; a clean history passes; a run in which the implementation did
+  nothing, or whose heartbeats never renewed, falls short of the minimum activity.
 
 The full form is ``python -m tests.chaos.runner --duration 180 --workers 6 --resources 3 --impl …``.
 """
@@ -51,7 +55,8 @@ def run_chaos(impl: str, out: Path, seed: int) -> tuple[int, dict[str, Any], str
     code, its ``.check.json`` summary and its output."""
     cmd = [sys.executable, "-m", "tests.chaos.runner", "--impl", impl, "--duration", str(SHORT)]
     cmd += ["--workers", "6", "--resources", "3", "--seed", str(seed), "--schedule", "forced", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=75, check=False)
+    # A give-up bound (the run takes ~40 s; a loaded machine stretches start-up, shutdown and the check).
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150, check=False)
     output = proc.stdout + proc.stderr
     summary_path = out.with_suffix(".check.json")
     assert summary_path.exists(), f"the runner wrote no summary (exit {proc.returncode}):\n{output[-4000:]}"
@@ -65,12 +70,11 @@ def test_pylivermore_survives_every_fault_kind(tmp_path: Path) -> None:
     code, summary, output = run_chaos("pylivermore", tmp_path / "pylivermore.jsonl", seed=11)
     stats = summary["stats"]
     assert set(stats["faults_by_kind"]) >= ALL_FAULTS, output[-4000:]
-    ops = stats["operations_by_kind"]
-    assert ops.get("claim:ok", 0) >= 20, ops
-    assert ops.get("store_add:ok", 0) >= 50, ops
-    assert ops.get("heartbeat:ok", 0) >= 10, ops
-    assert summary["notes"].get("liveness_checked", 0) >= 1, summary["notes"]
-    assert summary["notes"].get("held_checks", 0) >= 50, summary["notes"]
+    # Enough material for the checks, by the run's own structure (checker.shortfalls): not a
+    # count of operations, which a loaded machine can cut by half, but at least one of each
+    # thing the checks need; a run in which pylivermore did nothing falls short on every one
+    # (test_shortfalls_* below).
+    assert stats["shortfalls"] == [], (stats["shortfalls"], stats["activity"], stats["operations_by_kind"])
     assert summary["violation_count"] == 0, output[-6000:]
     assert code == 0, output[-4000:]
     assert not summary.get("stderr_tails"), summary.get("stderr_tails")
@@ -103,6 +107,7 @@ class History:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.entries: list[dict[str, Any]] = []
+        self.faults: list[dict[str, Any]] = []
         self.ops = 0
 
     def op(
@@ -115,8 +120,10 @@ class History:
             self.records.append({**base, "type": kind, "t": int(t1 * MS), "token": token, "value": v})
 
     def lease(
-        self, proc: str, lease: str, token: int, t_claim: float, items: list[tuple[float, str]], t_rel: float
+        self, proc: str, lease: str, token: int, t_claim: float, items: list[tuple[float, str]], t_rel: float | None
     ) -> None:
+        """A lease's whole life (claim, walk to active, fenced writes, release at *t_rel*;
+        ``None``: still held)."""
         self.op(proc, "claim", t_claim, t_claim + 1, "ok", lease, token, instance=f"{proc}@1")
         self.log(t_claim + 0.5, "claim", token, ttlMs=1500)
         state = "idle"
@@ -128,9 +135,26 @@ class History:
             state, t = to, t + 2
         for t_item, item in items:
             self.op(proc, "store_add", t_item, t_item + 1, "ok", lease, token, item=item, accepted=True)
+        if t_rel is None:
+            return
         rid = f"{lease}-release"
         self.op(proc, "release", t_rel, t_rel + 1, "ok", lease, token, released=True, rid=rid)
         self.log(t_rel + 0.5, "deregister", token, state=state, requestId=rid)
+
+    def held(self, proc: str, lease: str, t: float) -> None:
+        """An ``ensure_held()`` that passed at *t* (what the worker records before each write)."""
+        self.records.append({"type": "event", "f": "held", "t": int(t * MS), "proc": proc, "lease": lease, "value": {}})
+
+    def kill(self, proc: str, t: float) -> None:
+        self.faults.append(
+            {
+                "kind": "owner_kill",
+                "t_start": int(t * MS),
+                "t_end": int((t + 1) * MS),
+                "target": {"proc": proc, "pid": 100 + int(proc[1])},
+                "details": {},
+            }
+        )
 
     def log(self, t_ms: float, event: str, token: int, **fields: Any) -> None:
         wall = WALL0_MS + t_ms
@@ -156,6 +180,7 @@ class History:
         return RunData(
             meta=meta,
             records=self.records,
+            faults=self.faults,
             segments=[{"resource": "1", "segment": 0, "t_read": 59_000 * MS, "entries": self.entries}],
             snapshots=[{"resource": "1", "segment": 0, "t": 59_000 * MS, "last_id": last, "status": None}],
             store={"1": store},
@@ -242,3 +267,81 @@ def test_checker_flags_a_lost_transition_and_a_dead_token() -> None:
     assert "transition_lost" in kinds
     assert "log_replay" in kinds  # starting -> active is not an edge
     assert "dead_token" in kinds
+
+
+# -- the minimum activity (checker.shortfalls) on hand-made histories ---------------------------------
+
+
+def _busy() -> tuple[History, StoreContents]:
+    """Three workers on one resource: w1 holds past its renew_deadline thanks to two acknowledged
+    heartbeats and releases; w2 claims, writes, and is killed while it holds; w3 takes over once
+    w2's TTL has run out."""
+    h = History()
+    h.lease("w1", "w1#1", 100, 0, [(10, "a1"), (1500, "a2")], 1600)
+    h.op("w1", "heartbeat", 400, 402, "ok", "w1#1", 100, reply="RENEWED")
+    h.op("w1", "heartbeat", 900, 903, "ok", "w1#1", 100, reply="RENEWED")
+    h.held("w1", "w1#1", 10)
+    h.held("w1", "w1#1", 1490)  # 1490 ms after its claim was sent: its heartbeats kept it
+    h.lease("w2", "w2#1", 200, 2600, [(2610, "b1")], None)
+    h.held("w2", "w2#1", 2609)
+    h.kill("w2", 2700)
+    h.lease("w3", "w3#1", 300, 4500, [(4510, "c1")], 4600)
+    h.held("w3", "w3#1", 4509)
+    h.entries.sort(key=lambda e: e["timestamp"])
+    return h, _store([(100, "a1"), (100, "a2"), (200, "b1"), (300, "c1")])
+
+
+def test_checker_finds_no_shortfall_in_a_busy_history() -> None:
+    h, store = _busy()
+    rep = check(h.data(store))
+    assert rep.violations == [], [v.to_json() for v in rep.violations]
+    assert rep.notes["liveness_checked"] == 1
+    assert rep.stats["shortfalls"] == []
+
+
+def test_shortfalls_of_a_run_in_which_the_implementation_did_nothing() -> None:
+    """Workers that ran and tried (every claim failed or hung) and a kill of a worker that held
+    nothing: no violation at all, and a shortfall on every count."""
+    h = History()
+    for i in range(200):  # plenty of attempts: the workers had the time and the CPU
+        proc = f"w{1 + i % 3}"
+        h.op(proc, "claim", 10.0 * i, 10.0 * i + 5, "fail" if i % 2 else "unknown", None, None, error="conflict")
+    h.op("w3", "claim", 2500, None, "unknown", None, None)  # hung until the kill
+    h.kill("w3", 2700)
+    rep = check(h.data(_store([])))
+    assert rep.violations == []
+    assert rep.stats["shortfalls"] == [
+        "resource 1: no claim after the last server restart",
+        "resource 1: the fenced store accepted writes of 0 owner(s), not 2 or more",
+        "no lease was kept past renew_deadline by its heartbeats",
+        "no owner was killed while it held a resource: liveness unchecked",
+    ]
+
+
+def test_shortfall_of_a_run_whose_heartbeats_never_renewed() -> None:
+    """The busy history without w1's heartbeats and its act past the renew_deadline: leases that
+    only ever lived on their claim fall short (and acting later would be a violation)."""
+    h, store = _busy()
+    h.records = [r for r in h.records if r["f"] != "heartbeat" and not (r["f"] == "held" and r["t"] == 1490 * MS)]
+    rep = check(h.data(store))
+    assert rep.violations == []
+    assert rep.stats["shortfalls"] == ["no lease was kept past renew_deadline by its heartbeats"]
+
+
+def test_checker_flags_a_dead_owner_that_still_blocks_after_its_ttl() -> None:
+    """Liveness: w2 is killed at 2700 ms; a claim attempt at 6300 ms (after TTL + slack) that still
+    conflicts with w2 is a violation, however late the takeover attempts came; an attempt that late
+    that succeeds is only a late takeover."""
+    h, store = _busy()
+    h.records = [r for r in h.records if r.get("lease") != "w3#1"]
+    h.entries = [e for e in h.entries if e["fencingToken"] != 300]
+    h.op("w1", "claim", 6300, 6301, "fail", None, None, error="conflict", holder="w2@1")
+    h.lease("w3", "w3#1", 300, 6500, [(6510, "c1")], 6600)
+    h.entries.sort(key=lambda e: e["timestamp"])
+    by_kind = {v.kind: v for v in check(h.data(store)).violations}
+    assert set(by_kind) == {"liveness"}
+    assert by_kind["liveness"].details["still_blocked_by_dead_owner"] == 1
+    h.records = [r for r in h.records if not (r["f"] == "claim" and r.get("proc") == "w1" and r["t"] >= 6300 * MS)]
+    rep = check(h.data(store))
+    assert rep.violations == []
+    assert rep.notes["liveness_late_takeover"] == 1

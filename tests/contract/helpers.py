@@ -111,29 +111,31 @@ class Resource:
 @dataclass(frozen=True)
 class Snapshot:
     """DUMP of status, log and fence (None for an absent key), XLEN of the log (None unless it is
-    a stream), and the status key's PTTL (not part of equality: it runs down by itself)."""
+    a stream), and the status key's PTTL and absolute expiry (PEXPIRETIME, ms on the server's
+    clock; -1 without a TTL, -2 without the key). Neither is part of equality: the PTTL runs down
+    by itself, and the expiry is compared by :func:`assert_unchanged`."""
 
     dumps: tuple[bytes | None, ...]
     xlen: int | None
     pttl: int = field(compare=False)
+    expires_at: int = field(compare=False)
 
 
 def take_snapshot(admin: redis.Redis, res: Resource) -> Snapshot:
     """*admin* must be allowed DUMP and XLEN (the worker is not)."""
     dumps = tuple(admin.dump(k) for k in res.all)
     xlen = admin.xlen(res.log) if admin.type(res.log) == b"stream" else None
-    return Snapshot(dumps, xlen, admin.pttl(res.status))
+    return Snapshot(dumps, xlen, admin.pttl(res.status), admin.pexpiretime(res.status))
 
 
 def assert_unchanged(before: Snapshot, after: Snapshot) -> None:
-    """Byte-identical keys, no new log entry, and a TTL that was neither refreshed, changed nor removed."""
+    """Byte-identical keys, no new log entry, and a TTL that was neither refreshed, changed nor
+    removed: the same absolute expiry (however much time passed between the two snapshots)."""
     assert after.dumps == before.dumps, "a key of the resource changed"
     assert after.xlen == before.xlen, "the activity log changed"
-    if before.pttl >= 0:
-        assert 0 <= after.pttl <= before.pttl, f"the lease TTL changed: {before.pttl} ms -> {after.pttl} ms"
-        assert after.pttl > before.pttl - 2000, f"the lease TTL was cut: {before.pttl} ms -> {after.pttl} ms"
-    else:
-        assert after.pttl == before.pttl
+    assert after.expires_at == before.expires_at, (
+        f"the lease TTL changed: expiry {before.expires_at} -> {after.expires_at} (PTTL {before.pttl} -> {after.pttl})"
+    )
 
 
 def hgetall(client: redis.Redis, key: str) -> dict[str, str]:
@@ -152,12 +154,16 @@ def server_now(client: redis.Redis) -> datetime:
     return datetime.fromtimestamp(sec + usec / 1e6, tz=UTC)
 
 
-def assert_recent_iso(client: redis.Redis, value: str, within: float = 2.0) -> None:
-    """*value* is an ISO-8601 UTC timestamp with milliseconds, close to the server's TIME."""
+def assert_recent_iso(client: redis.Redis, value: str, since: datetime) -> None:
+    """*value* is an ISO-8601 UTC timestamp with milliseconds, taken from the server's TIME
+    while the call ran: no earlier than *since* (the server's TIME read before the call, cut to
+    the millisecond) and no later than the server's TIME now. How long the call took on a loaded
+    machine does not matter."""
     assert ISO.match(value), f"{value!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
     stamp = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    drift = abs((server_now(client) - stamp).total_seconds())
-    assert drift < within, f"{value} is {drift:.3f} s away from the server's TIME"
+    floor = since.replace(microsecond=since.microsecond // 1000 * 1000)
+    now = server_now(client)
+    assert floor <= stamp <= now, f"{value} is not between {since.isoformat()} and {now.isoformat()} (server TIME)"
 
 
 # -- ARGV builders, in the order of the headers ---------------------------------------------

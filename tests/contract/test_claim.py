@@ -13,6 +13,7 @@ import redis
 from pylivermore import ClaimConflictError, InstanceStatus, Registry
 from pylivermore.server import RedisServer
 from tests.conftest import make_admin_client, make_client
+from tests.support import iso_ms
 
 from .conftest import Claim, claim_with
 from .helpers import (
@@ -30,6 +31,7 @@ from .helpers import (
     hgetall,
     last_entry,
     new_token,
+    server_now,
     take_snapshot,
     transition_args,
     update_args,
@@ -44,6 +46,7 @@ def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, admin:
     hash with server timestamps, the TTL asked for and sha1hex(token) as owner digest (the token
     itself is stored nowhere); the fence key holds the token and never expires; one claim entry."""
     token = new_token()
+    since = server_now(admin)
     reply = call("claim", res.keys_for("claim"), claim_args(token, exchange_id=res.id))
     assert reply[0] == "CLAIMED"
     assert reply[2] == "new"
@@ -56,9 +59,10 @@ def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, admin:
     assert record["instanceId"] == "worker-a"
     assert record["ownerDigest"] == hashlib.sha1(token.encode()).hexdigest()
     assert record["lastHeartbeat"] == record["lastStateChange"] == record["registeredAt"]
-    assert_recent_iso(admin, record["registeredAt"])
+    assert_recent_iso(admin, record["registeredAt"], since)
     assert "connectedAt" not in record
-    assert 59_000 < admin.pttl(res.status) <= int(TTL_MS)
+    # The TTL asked for, counted from the claim's own server time (exact, however late this reads).
+    assert abs(admin.pexpiretime(res.status) - iso_ms(record["registeredAt"]) - int(TTL_MS)) <= 2
     assert admin.get(res.fence) == fencing.encode()
     assert admin.pttl(res.fence) == -1
     assert admin.xlen(res.log) == 1

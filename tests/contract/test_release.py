@@ -25,6 +25,7 @@ from .helpers import (
     hgetall,
     last_entry,
     new_request_id,
+    server_now,
     transition_args,
     update_args,
 )
@@ -42,6 +43,7 @@ def test_deregister_deletes_record_keeps_fence_and_logs_final_state(
     record = hgetall(admin, res.status)
     length = admin.xlen(res.log)
     rid = new_request_id()
+    since = server_now(admin)
     assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token, request_id=rid)) == [
         "RELEASED",
         "stopped",
@@ -57,7 +59,7 @@ def test_deregister_deletes_record_keeps_fence_and_logs_final_state(
     assert entry["requestId"] == rid
     for field in ("exchangeId", "exchangeName", "hostname", "instanceId"):
         assert entry[field] == record[field]
-    assert_recent_iso(admin, entry["timestamp"])
+    assert_recent_iso(admin, entry["timestamp"], since)
     assert claim(res).fencing_token > owner.fencing_token
 
 
@@ -84,6 +86,7 @@ def test_force_release_logs_reason_and_operator(
     for step in ("starting", "warming", "active"):
         assert call("transition", res.keys_for("transition"), transition_args(owner.token, step))[0] == "OK"
     reason = "stuck since 09:00 \u2014 feed frozen"
+    since = server_now(admin)
     reply = call("force_release", res.keys_for("force_release"), force_release_args(reason, "alice@ops"))
     assert reply == ["RELEASED", str(owner.fencing_token), "active"]
     assert admin.exists(res.status) == 0
@@ -93,7 +96,7 @@ def test_force_release_logs_reason_and_operator(
     assert (entry["reason"], entry["operator"]) == (reason, "alice@ops")
     assert (entry["state"], entry["fencingToken"], entry["ip"]) == ("active", str(owner.fencing_token), "198.51.100.4")
     assert entry["instanceId"] == owner.instance_id
-    assert_recent_iso(admin, entry["timestamp"])
+    assert_recent_iso(admin, entry["timestamp"], since)
     before = snapshot(res)
     assert call("heartbeat", [res.status], heartbeat_args(owner.token)) == ["EXPIRED"]
     assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token)) == ["EXPIRED"]

@@ -25,6 +25,7 @@ from .helpers import (
     assert_unchanged,
     hgetall,
     last_entry,
+    server_now,
     transition_args,
 )
 
@@ -87,6 +88,7 @@ def test_transition_pair(
     o = in_state(source)
     before = snapshot(o.res)
     rid = "req-" + source + "-" + target
+    since = server_now(admin)
     reply = call("transition", o.res.keys_for("transition"), transition_args(o.token, target, request_id=rid))
     if (source, target) not in allowed:
         assert reply == ["BAD_TRANSITION", source]
@@ -94,7 +96,7 @@ def test_transition_pair(
         return
     assert reply[:2] == ["OK", target]
     stamp = reply[2]
-    assert_recent_iso(admin, stamp)
+    assert_recent_iso(admin, stamp, since)
     record = hgetall(admin, o.res.status)
     assert record["connectionState"] == target
     assert record["lastStateChange"] == stamp
@@ -224,11 +226,12 @@ def test_every_transition_sets_last_state_change(owner: Owner, call: Scripts, ad
     connected_at = None
     for step in ("starting", "warming", "active", "stopping", "stopped", "idle"):
         admin.hset(owner.res.status, "lastStateChange", OLD)
+        since = server_now(admin)
         reply = call("transition", keys, transition_args(owner.token, step))
         assert reply[:2] == ["OK", step]
         record = hgetall(admin, owner.res.status)
         assert record["lastStateChange"] == reply[2] >= previous
-        assert_recent_iso(admin, reply[2])
+        assert_recent_iso(admin, reply[2], since)
         previous = reply[2]
         if step == "active":
             connected_at = reply[2]

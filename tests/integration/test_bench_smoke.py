@@ -34,20 +34,29 @@ def test_bench_smoke(tmp_path: Path) -> None:
         timeout=150,
         check=False,
     )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    results = tmp_path / "bench.json"
+    assert results.exists(), f"the benchmark wrote no results (exit {proc.returncode}); {output}"
 
-    data = json.loads((tmp_path / "bench.json").read_text())
+    data = json.loads(results.read_text())
     runs = data["contention"]
+    # A cell that did no work (no claim succeeded, e.g. a worker process got its job late on a
+    # loaded machine and made no attempt) is a failure the benchmark reports itself, by name.
+    failed = {f"{r['impl']} W={r['workers']} R={r['resources']}": r["failed"] for r in runs if r["failed"]}
+    assert not failed, failed
+    assert proc.returncode == 0, output
     for impl in IMPLS:
         cells = {(r["workers"], r["resources"]) for r in runs if r["impl"] == impl}
         assert cells == CELLS, f"{impl}: missing grid cells {sorted(CELLS - cells)}"
-    assert not [r for r in runs if r["failed"]], [r["failed"] for r in runs if r["failed"]]
 
     ours = [r for r in runs if r["impl"] == "pylivermore"]
     for run in ours:
         cell = f"W={run['workers']} R={run['resources']}"
+        assert run["invariant"]["intervals"] > 0, f"{cell}: no ownership interval was recorded"
         assert run["invariant"]["violations"] == 0, cell
-        assert run["invariant"]["fencing"]["not_increasing"] == 0, cell
+        fencing = run["invariant"]["fencing"]
+        assert fencing is not None, f"{cell}: no interval carried a fencing token"
+        assert fencing["not_increasing"] == 0, cell
         assert run["errors"] == 0, (cell, run["error_samples"])
         assert run["lost"] == 0, cell
     assert sum(r["lifecycles"] for r in ours) > 0

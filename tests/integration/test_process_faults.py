@@ -25,13 +25,14 @@ import redis
 from pylivermore import ClaimConflictError, Lease, Registry
 from pylivermore._keys import Keys
 from pylivermore.server import RedisServer
+from tests.support import expiry_window, iso_ms
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(60)]
 
 TTL, HB, DEADLINE = 1.5, 0.5, 1.0
 TIMING = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
 #: A contender whose own heartbeat cannot write during a test: every change to its record comes from someone else.
-QUIET = {"ttl": 30.0, "heartbeat_interval": 10.0, "renew_deadline": 20.0}
+QUIET = {"ttl": 120.0, "heartbeat_interval": 40.0, "renew_deadline": 80.0}
 OWNER_SCRIPT = Path(__file__).with_name("owner_proc.py")
 ROOT = Path(__file__).resolve().parents[2]
 EXCHANGE = "42"
@@ -158,17 +159,22 @@ def claim_conflict(registry: Registry) -> ClaimConflictError:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_sigkilled_owner_expires_after_its_ttl_and_contender_takes_over(
-    mode: str, client: redis.Redis, namespace: str, start_owner: Callable[[str], OwnerProcess]
+    mode: str, client: redis.Redis, admin: redis.Redis, namespace: str, start_owner: Callable[[str], OwnerProcess]
 ) -> None:
     """P1: while the owner process lives (and renews past its TTL), a contender's claim conflicts;
-    after ``kill -9`` the record expires one TTL after the owner's last renewal, never earlier:
-    the contender's first successful claim (polling every 50 ms) comes no earlier than the key's
-    expiry as read right after the kill, and between kill + TTL - heartbeat and kill + TTL + 1 s;
-    its fencing token is higher and the activity log records the second claim."""
+    after ``kill -9`` the record expires one TTL after the owner's last renewal (its absolute
+    expiry is lastHeartbeat + TTL on the server's clock), never earlier and never later: the
+    contender's first successful claim (polling every 50 ms) comes no earlier than the key's
+    expiry as read right after the kill, and every claim that conflicted was sent before that
+    expiry could have passed; its fencing token is higher and the activity log records the
+    second claim.
+
+    Timing: how soon the contender gets to poll again depends on the scheduler, so "never later"
+    is checked on the conflicts (each was sent before the expiry), not on the wall time."""
     keys = Keys(namespace, EXCHANGE)
     owner = start_owner(mode)
-    claimed = owner.wait_for("claimed", timeout=10)
-    owner.wait_for("ready", timeout=5)
+    claimed = owner.wait_for("claimed", timeout=30)
+    owner.wait_for("ready", timeout=10)
     contender = Registry(client, namespace=namespace, **TIMING)
     lease: Lease | None = None
     try:
@@ -184,26 +190,46 @@ def test_sigkilled_owner_expires_after_its_ttl_and_contender_takes_over(
 
         killed_at = time.monotonic()
         os.kill(owner.pid, signal.SIGKILL)
-        owner.proc.wait(timeout=5)
-        read_at = time.monotonic()
-        pttl = client.pttl(keys.status)
-        assert 0 < pttl <= TTL * 1000, f"the owner's record should still live right after the kill (PTTL {pttl})"
-        expiry_floor = read_at + pttl / 1000
+        owner.proc.wait(timeout=10)
 
-        give_up = killed_at + TTL + 3.0
+        # The record as the dead owner left it: one TTL after its last renewal, on the server's clock.
+        # (A renewal it wrote just before it died may still land: read until two reads agree.)
+        def last_renewal() -> tuple[bytes | None, int]:
+            pipe = admin.pipeline(transaction=True)
+            pipe.hget(keys.status, "lastHeartbeat").pexpiretime(keys.status)
+            beat, expires = pipe.execute()
+            return beat, expires
+
+        last_beat, expires_ms = last_renewal()
+        for _ in range(5):
+            expiry_floor, expiry_ceiling = expiry_window(admin, keys.status)
+            again = last_renewal()
+            if again == (last_beat, expires_ms):
+                break
+            last_beat, expires_ms = again
+        else:
+            pytest.fail("the dead owner's record kept changing")
+        assert last_beat is not None, "the owner's record should still live right after the kill"
+        assert abs(expires_ms - (iso_ms(last_beat) + round(TTL * 1000))) <= 2, (expires_ms, last_beat)
+
+        give_up = killed_at + TTL + 10.0  # only a give-up bound: the record expires by kill + TTL
+        conflicts_sent: list[float] = []
         while lease is None:
+            sent = time.monotonic()
             try:
                 lease = contender.claim(EXCHANGE, "Contender")
             except ClaimConflictError:
+                conflicts_sent.append(sent)
                 assert time.monotonic() < give_up, "the killed owner's record never expired"
                 time.sleep(0.05)
         claimed_at = time.monotonic()
 
-        assert claimed_at >= expiry_floor - 0.02, (
+        assert claimed_at >= expiry_floor, (
             f"claimed {expiry_floor - claimed_at:.3f} s before the killed owner's record could expire"
         )
-        assert claimed_at >= killed_at - 0.1 + TTL - HB, f"claimed {claimed_at - killed_at:.3f} s after the kill"
-        assert claimed_at <= killed_at + TTL + 1.0, f"claimed only {claimed_at - killed_at:.3f} s after the kill"
+        assert all(t < expiry_ceiling for t in conflicts_sent), (
+            f"a claim sent {max(conflicts_sent) - expiry_ceiling:.3f} s after the record's expiry still conflicted"
+        )
         assert lease.fencing_token > claimed["fencing_token"]
 
         log = list(reversed(contender.activity(EXCHANGE)))  # oldest first
@@ -230,13 +256,17 @@ def test_sigstopped_owner_resumed_after_takeover_stands_down_without_writing(
     mode: str, client: redis.Redis, admin: redis.Redis, namespace: str, start_owner: Callable[[str], OwnerProcess]
 ) -> None:
     """P3: an owner frozen (SIGSTOP) for longer than its TTL loses the record to a contender;
-    after SIGCONT it must not act: within 2 s its ``on_lost`` fires once (reason "taken" or
-    "deadline"), its transition and other owner operations are refused with LeaseLostError, and
-    nothing it does (heartbeat, transition, release) changes the contender's record or the log."""
+    after SIGCONT it must not act: its ``on_lost`` fires once (reason "taken" or "deadline")
+    before it acts, its transition and other owner operations are refused with LeaseLostError,
+    and nothing it does (heartbeat, transition, release) changes the contender's record (its
+    absolute expiry included) or the log.
+
+    Timing: how soon a resumed process runs depends on the scheduler; the test waits for its
+    reports (bounded only to give up) and checks their order, not their delay."""
     keys = Keys(namespace, EXCHANGE)
     owner = start_owner(mode)
-    claimed = owner.wait_for("claimed", timeout=10)
-    owner.wait_for("ready", timeout=5)
+    claimed = owner.wait_for("claimed", timeout=30)
+    owner.wait_for("ready", timeout=10)
     contender = Registry(client, namespace=namespace, **QUIET)
     lease: Lease | None = None
     try:
@@ -244,11 +274,20 @@ def test_sigstopped_owner_resumed_after_takeover_stands_down_without_writing(
 
         stopped_at = time.monotonic()
         os.kill(owner.pid, signal.SIGSTOP)
-        time.sleep(max(0.0, stopped_at + TTL + 0.7 - time.monotonic()))
-        lease = contender.claim(EXCHANGE, "Contender")  # the frozen owner could not renew: no conflict
+        # The frozen owner cannot renew: its record expires by stopped_at + TTL and the contender's
+        # claim then succeeds (polled; a record that never expired would make it give up).
+        time.sleep(max(0.0, stopped_at + TTL - time.monotonic()))
+        give_up = stopped_at + TTL + 10.0
+        while lease is None:
+            try:
+                lease = contender.claim(EXCHANGE, "Contender")
+            except ClaimConflictError:
+                assert time.monotonic() < give_up, "the frozen owner's record never expired"
+                time.sleep(0.05)
         assert lease.fencing_token > claimed["fencing_token"]
 
         before = admin.hgetall(keys.status)
+        expires_before = admin.pexpiretime(keys.status)
         log_before = admin.xrange(keys.log)
         fence_before = admin.get(keys.fence)
         keys_before = sorted(admin.scan_iter(match=f"{namespace}:*"))
@@ -257,19 +296,20 @@ def test_sigstopped_owner_resumed_after_takeover_stands_down_without_writing(
 
         resumed_at = time.monotonic()
         os.kill(owner.pid, signal.SIGCONT)
-        lost = owner.wait_for("lost", timeout=2.0)
+        lost = owner.wait_for("lost", timeout=15.0)
         assert lost["reason"] in ("taken", "deadline")
-        assert lost["lost_at"] - resumed_at <= 2.0
+        assert lost["lost_at"] >= resumed_at - 0.01, "on_lost ran while the owner was frozen"
         assert lost["is_valid"] is False
-        refused = owner.wait_for("transition_refused", timeout=1.0)
+        # The owner acts only after it has seen the loss (owner_proc.py): every act below is refused.
+        refused = owner.wait_for("transition_refused", timeout=10.0)
         assert refused["error"] == "LeaseLostError"
         assert refused["reason"] == lost["reason"]
-        released = owner.wait_for("released", timeout=1.0)
+        released = owner.wait_for("released", timeout=10.0)
         assert released["result"] is False
-        done = owner.wait_for("done", timeout=1.0)
+        done = owner.wait_for("done", timeout=10.0)
         assert done["on_lost_calls"] == 1
 
-        time.sleep(HB + 0.2)  # give a heartbeat of the resumed owner every chance to write
+        time.sleep(HB + 0.2)  # a heartbeat of the resumed owner's chance to write (load can only hide it)
         owner.drain()
         ops = {e["op"]: e for e in owner.events if "op" in e}
         assert set(ops) == {"transition", "set_symbol_count", "record_error", "heartbeat"}
@@ -282,7 +322,7 @@ def test_sigstopped_owner_resumed_after_takeover_stands_down_without_writing(
         for field in (b"fencingToken", b"instanceId", b"ownerDigest"):
             assert after.get(field) == before[field], field
         assert after == before, "the resumed owner changed the contender's record"
-        assert admin.pttl(keys.status) > (QUIET["ttl"] - 5) * 1000, "the resumed owner re-armed the TTL"
+        assert admin.pexpiretime(keys.status) == expires_before, "the resumed owner re-armed the TTL"
         assert admin.xrange(keys.log) == log_before, "the resumed owner wrote to the activity log"
         assert admin.get(keys.fence) == fence_before == str(lease.fencing_token).encode()
         assert sorted(admin.scan_iter(match=f"{namespace}:*")) == keys_before, "the resumed owner created a key"
