@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(180)]
 
 TTL, HB, DEADLINE = 6.0, 1.0, 4.0
 TIMING: dict[str, Any] = {"ttl": TTL, "heartbeat_interval": HB, "renew_deadline": DEADLINE}
+#: How long a test waits for an event before it gives up (not a bound on the library).
+GIVE_UP = 10.0
 
 
 async def settle_after_failover(registry: Any, leases: list[Any], losses: LossLog, killed_at: float) -> None:
@@ -43,8 +45,7 @@ async def settle_after_failover(registry: Any, leases: list[Any], losses: LossLo
     def settled() -> bool:
         return all(lease.lost_reason is not None or renewed_after_kill(lease) for lease in leases)
 
-    # Bound: the deadline of a beat acknowledged just before the kill, plus one heartbeat round.
-    assert await await_until(settled, DEADLINE + HB + 1.0), "a lease neither renewed nor lost"
+    assert await await_until(settled, GIVE_UP), "a lease neither renewed nor lost"
     for lease in leases:
         record = await io(registry.get(lease.exchange_id))
         if lease.is_valid:
@@ -52,8 +53,9 @@ async def settle_after_failover(registry: Any, leases: list[Any], losses: LossLo
             assert record.fencing_token == lease.fencing_token, f"{lease.exchange_id}: valid, but held by another"
         else:
             assert lease.lost_reason in ("deadline", "expired", "taken")
-    for at, _ in losses.calls:  # a loss is noticed no later than the deadline of the last beat before the kill
-        assert at <= killed_at + DEADLINE + HB, f"loss reported {at - killed_at:.2f} s after the kill"
+            # valid no longer than the deadline of its last beat before the kill
+            assert lease._core.deadline <= killed_at + DEADLINE
+    assert len(losses.calls) == sum(1 for lease in leases if not lease.is_valid), "on_lost not called once per loss"
 
 
 async def check_new_claims_fence_higher(registry: Any, leases: list[Any], claimant: Any) -> None:
@@ -153,9 +155,10 @@ def test_a_claim_lost_by_asynchronous_replication(sentinel: SentinelSet, namespa
         killed_at = time.monotonic()
         sentinel.kill_master()  # the master is already dead: wait for the promotion
         assert registry.get(1) is None, "the promoted replica has the claim: it was replicated after all"
-        assert wait_until(lambda: lease.lost_reason is not None, DEADLINE + HB + 1.0), "the owner never learned"
+        assert wait_until(lambda: lease.lost_reason is not None, GIVE_UP), "the owner never learned"
         assert lease.lost_reason in ("expired", "deadline")
-        assert losses.calls[0][0] <= killed_at + DEADLINE + HB
+        assert lease._core.deadline <= killed_at + DEADLINE  # valid no longer than its deadline
+        assert len(losses.calls) == 1
         successor = Registry(client, namespace=namespace, **TIMING)
         try:
             with successor.claim(1, "successor") as second:
