@@ -20,14 +20,24 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
 from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
-from ._renewal import ClusterRound, Node, NodeClients, Renewal, Schedule, renewal_calls, settle_round
+from ._renewal import (
+    ClusterRound,
+    Node,
+    NodeClients,
+    Renewal,
+    Schedule,
+    address,
+    redirection,
+    renewal_calls,
+    settle_round,
+)
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LeaseLostError, LivermoreError
@@ -138,7 +148,7 @@ class AsyncRegistry:
                 return await asyncio.wait_for(self._run_batch(calls, cluster), budget)
             except Exception as exc:
                 return [exc] * len(calls)
-        plan = ClusterRound(renewals, lambda key: _address(cluster.get_node_from_key(key)))
+        plan = ClusterRound(renewals, lambda key: address(cluster.get_node_from_key(key)))
 
         async def send(batch: Any) -> None:
             try:
@@ -238,14 +248,14 @@ class AsyncRegistry:
         if not isinstance(cluster, RedisCluster):
             reply, acknowledged = await self._run_batch([call], cluster, tail=wait)
         else:
-            node = _address(cluster.get_node_from_key(call.keys[0]))
+            node = address(cluster.get_node_from_key(call.keys[0]))
             reply, acknowledged = await self._run_batch([call], self._nodes.get(node, None), tail=wait)
-            if isinstance(reply, AskError):  # the slot moved (MOVED) or is moving (ASK): once more, there
-                moved = isinstance(reply, MovedError)
-                if moved:
+            redirect = redirection(reply)
+            if redirect is not None:  # the slot moved (MOVED) or is moving (ASK): once more, there
+                target, asking = redirect
+                if not asking:
                     self._refresh_slots_soon(cluster)
-                target = self._nodes.get((reply.host, int(reply.port)), None)
-                reply, acknowledged = await self._run_batch([call], target, not moved, wait)
+                reply, acknowledged = await self._run_batch([call], self._nodes.get(target, None), asking, wait)
         if isinstance(reply, Exception):
             raise reply
         return reply, acknowledged
@@ -528,10 +538,6 @@ class _Heartbeat:
 
 def _core_of(lease: AsyncLease) -> LeaseCore:
     return lease._core
-
-
-def _address(node: Any) -> Node:
-    return node.host, int(node.port)
 
 
 def _node_client(cluster: aredis.Redis | RedisCluster, node: Node, timeout: float | None) -> aredis.Redis:

@@ -12,7 +12,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import AskError, ClusterDownError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -177,6 +177,20 @@ Node = tuple[str, int]
 C = TypeVar("C")
 
 
+def address(node: Any) -> Node:
+    """The ``(host, port)`` of a redis-py ``ClusterNode`` (sync or asyncio)."""
+    return node.host, int(node.port)
+
+
+def redirection(reply: object) -> tuple[Node, bool] | None:
+    """Where a redirected call goes next, and whether after ``ASKING``: ``MOVED`` (the slot lives
+    elsewhere now: no ``ASKING``, and the slot map is stale) or ``ASK`` (the slot is being imported
+    there); ``None`` for any other reply."""
+    if not isinstance(reply, AskError):  # MovedError is an AskError
+        return None
+    return (reply.host, int(reply.port)), not isinstance(reply, MovedError)
+
+
 class NodeClients(Generic[C]):
     """Plain clients of single cluster nodes, one per node and timeout, made on first use by
     *factory* (a driver's): the heartbeat's pipelines and durable claims' ``WAIT`` go through
@@ -261,10 +275,10 @@ class ClusterRound:
             self.replies[i] = reply
             if isinstance(reply, MovedError | RedisConnectionError | RedisTimeoutError | ClusterDownError):
                 self.refresh = True
-            if isinstance(reply, AskError) and i not in self._redirected:  # MovedError is an AskError
+            redirect = redirection(reply)
+            if redirect is not None and i not in self._redirected:
                 self._redirected.add(i)
-                target = (reply.host, int(reply.port))
-                asking = not isinstance(reply, MovedError)
+                target, asking = redirect
                 again = follow.get((target, asking)) or follow.setdefault((target, asking), Batch(target, asking))
                 again.indexes.append(i)
                 again.calls.append(self.renewals[i][1])

@@ -17,7 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
@@ -26,7 +26,17 @@ from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
 from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
-from ._renewal import ClusterRound, Node, NodeClients, Renewal, Schedule, renewal_calls, settle_round
+from ._renewal import (
+    ClusterRound,
+    Node,
+    NodeClients,
+    Renewal,
+    Schedule,
+    address,
+    redirection,
+    renewal_calls,
+    settle_round,
+)
 from ._scripts import load_scripts
 from ._states import State
 from .errors import LivermoreError
@@ -177,7 +187,7 @@ class Registry:
                 return self._run_batch(calls, self._beat_client)
             except Exception as exc:
                 return [exc] * len(calls)
-        plan = ClusterRound(renewals, lambda key: _address(cluster.get_node_from_key(key)))
+        plan = ClusterRound(renewals, lambda key: address(cluster.get_node_from_key(key)))
         while batches := plan.batches():
             for batch in batches:  # one pipeline per node
                 try:
@@ -276,14 +286,14 @@ class Registry:
         if not isinstance(cluster, RedisCluster):
             reply, acknowledged = self._run_batch([call], cluster, tail=wait)
         else:
-            node = _address(cluster.get_node_from_key(call.keys[0]))
+            node = address(cluster.get_node_from_key(call.keys[0]))
             reply, acknowledged = self._run_batch([call], self._nodes.get(node, None), tail=wait)
-            if isinstance(reply, AskError):  # the slot moved (MOVED) or is moving (ASK): once more, there
-                moved = isinstance(reply, MovedError)
-                if moved:
+            redirect = redirection(reply)
+            if redirect is not None:  # the slot moved (MOVED) or is moving (ASK): once more, there
+                target, asking = redirect
+                if not asking:
                     self._refresh_slots_soon(cluster)
-                target = self._nodes.get((reply.host, int(reply.port)), None)
-                reply, acknowledged = self._run_batch([call], target, not moved, wait)
+                reply, acknowledged = self._run_batch([call], self._nodes.get(target, None), asking, wait)
         if isinstance(reply, Exception):
             raise reply
         return reply, acknowledged
@@ -527,7 +537,3 @@ class _Heartbeat:
 
 def _core_of(lease: Lease) -> LeaseCore:
     return lease._core
-
-
-def _address(node: Any) -> Node:
-    return node.host, int(node.port)

@@ -19,6 +19,7 @@ from pylivermore._renewal import (
     NodeClients,
     Renewal,
     Schedule,
+    redirection,
     renewal_calls,
     settle_renewal,
 )
@@ -266,3 +267,12 @@ def test_node_clients_are_made_once_per_node_and_timeout() -> None:
     assert clients.drain() == []
     clients.get(NODES[0], 0.5)
     assert len(made) == 4
+
+
+def test_redirection_names_the_node_and_whether_to_ask() -> None:
+    """MOVED: the node now serving the slot, no ASKING; ASK: the importing node, after ASKING;
+    any other reply (an error included) is no redirection."""
+    assert redirection(MovedError("11 127.0.0.1:7009")) == (("127.0.0.1", 7009), False)
+    assert redirection(AskError("12 127.0.0.1:7008")) == (("127.0.0.1", 7008), True)
+    assert redirection(RENEWED) is None
+    assert redirection(RedisConnectionError("reset")) is None
