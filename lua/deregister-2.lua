@@ -1,71 +1,134 @@
 --[[
-  deregister-2.lua · pylivermore script contract v1
+  deregister-2.lua · pylivermore script contract v2
   Release the caller's lease: delete the record and log it, only if the caller
   owns the record. The fence key is kept, so the next claim's token is higher.
+  A retry of a release already applied answers REPLAYED, also after another
+  owner has claimed the resource since.
 
   KEYS[1]  status   hash, the live record            <ns>:{<id>}:status
   KEYS[2]  log      stream, the activity log         <ns>:{<id>}:log
 
-  ARGV[1]  token          owner secret given to claim, 16-128 chars of [A-Za-z0-9_-]
-  ARGV[2]  request_id     1-64 chars of [A-Za-z0-9_-], unique per logical call
-  ARGV[3]  retention_ms   integer milliseconds 1000..315360000000; log entries older than this are trimmed (MINID ~)
+  ARGV[1]  token           owner secret given to claim, 32-128 chars of [A-Za-z0-9_-]
+  ARGV[2]  fencing_token   the fencing token the claim answered (decimal)
 
-  Reply    {"RELEASED", final_state}   deleted now, or already by this request_id (the newest log entry says so)
-           {"EXPIRED"}   no record: the lease ran out or was released; nothing written
-           {"TAKEN", fencing_token}   another owner holds the record; nothing written
+  Reply    {"RELEASED", final_state}   deleted now
+           {"REPLAYED", final_state}   this lease was already released by its owner (its deregister entry is among the newest 16); nothing written
+           {"EXPIRED"}   no record, and no release of this lease: it ran out or was removed by an operator; nothing written
+           {"TAKEN", fencing_token}   another owner holds the record, and this lease was not released by its owner; nothing written
            {"CORRUPT", reason}   a key holds something this contract never writes; nothing written
-  Errors   "ERR pylivermore bad-args: <what>"   a caller bug; nothing written
-  Writes   log (XADD MINID ~), status (DEL)
+  Errors   "ERR pylivermore bad-args: <what>"   a caller bug (also: the record is the caller's but fencing_token is not its token); nothing written
+  Writes   log (XADD MINID ~ with the record's retentionMs), status (DEL)
   Time     server TIME (timestamp, log trimming)
   Requires Redis >= 6.2
 ]]
 local rcall = redis.call
-if #KEYS ~= 2 or #ARGV ~= 3 then
-  return redis.error_reply('ERR pylivermore bad-args: deregister takes 2 keys and 3 arguments')
+if #KEYS ~= 2 or #ARGV ~= 2 then
+  return redis.error_reply('ERR pylivermore bad-args: deregister takes 2 keys and 2 arguments')
 end
 local status, log = KEYS[1], KEYS[2]
-local token, request_id, retention_arg = ARGV[1], ARGV[2], ARGV[3]
+local token, fencing_arg = ARGV[1], ARGV[2]
+
+--- shared: bad (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
 local function bad(what) return redis.error_reply('ERR pylivermore bad-args: ' .. what) end
-
-if #token < 16 or #token > 128 or not string.find(token, '^[%w_%-]+$') then
-  return bad('token must be 16-128 characters of [A-Za-z0-9_-]')
+--- end
+--- shared: int_in (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- A decimal integer from lo to hi (no sign, no leading zero, no exponent), or nil: Lua's tonumber
+-- alone accepts ' 15', '0x10', '1e3' and 'inf'.
+local function int_in(s, lo, hi)
+  if #s > 16 or not (s == '0' or string.find(s, '^[1-9]%d*$')) then return nil end
+  local n = tonumber(s)
+  if n < lo or n > hi then return nil end
+  return n
 end
-if #request_id < 1 or #request_id > 64 or not string.find(request_id, '^[%w_%-]+$') then
-  return bad('request_id must be 1-64 characters of [A-Za-z0-9_-]')
+--- end
+--- shared: token (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+local function bad_token(token)
+  return #token < 32 or #token > 128 or not string.find(token, '^[%w_%-]+$')
 end
-local retention = #retention_arg <= 12 and string.find(retention_arg, '^[1-9]%d*$') and tonumber(retention_arg)
-if not retention or retention < 1000 or retention > 315360000000 then
-  return bad('retention_ms must be an integer from 1000 to 315360000000')
+--- end
+--- shared: keys (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- KEYS[1] must be '<ns>:{<id>}:<first>' with a valid namespace and a canonical id (an all-digit id
+-- has no leading zero), and every further key the same '<ns>:{<id>}:' with its own suffix: one hash
+-- tag, one resource. Answers the id, or nil and the error to return.
+local function key_id(key, suffix)
+  local ns, id = string.match(key, '^(%w[%w._%-]*):{(%w[%w._%-]*)}:' .. suffix .. '$')
+  if not ns or #ns > 64 or #id > 64 or string.find(id, '^0%d*$') then return nil end
+  return id, ns
 end
-
-local log_kind = rcall('TYPE', log)['ok']
-if log_kind ~= 'stream' and log_kind ~= 'none' then return {'CORRUPT', 'log key holds a ' .. log_kind .. ', not a stream'} end
-local held = redis.pcall('HMGET', status, 'ownerDigest', 'fencingToken', 'connectionState',
-  'exchangeId', 'exchangeName', 'hostname', 'ipAddress', 'instanceId')
-if held['err'] then return {'CORRUPT', 'status key is not a hash'} end
-if not held[1] then
-  if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no ownerDigest'} end
-  -- A retry of a deregister that was applied finds its own entry at the head of the log.
-  if log_kind == 'stream' then
-    local last = rcall('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
-    if last then
-      local f, event, rid, state = last[2], nil, nil, ''
-      for i = 1, #f, 2 do
-        if f[i] == 'event' then event = f[i + 1] elseif f[i] == 'requestId' then rid = f[i + 1] elseif f[i] == 'state' then state = f[i + 1] end
-      end
-      if event == 'deregister' and rid == request_id then return {'RELEASED', state} end
+local function check_keys(...)
+  local suffixes = {...}
+  local id, ns = key_id(KEYS[1], suffixes[1])
+  if id then
+    for i = 2, #suffixes do
+      if KEYS[i] ~= ns .. ':{' .. id .. '}:' .. suffixes[i] then id = nil; break end
     end
   end
-  return {'EXPIRED'}
+  if not id then
+    return nil, bad('KEYS must be ' .. table.concat(suffixes, ', ') .. ' of one resource: <ns>:{<id>}:<key>, the namespace 1-64 ' ..
+      'chars of [A-Za-z0-9._-], the id a positive integer without leading zero or 1-64 chars of [A-Za-z0-9._-]')
+  end
+  return id
 end
-if #held[1] ~= 40 or not string.find(held[1], '^%x+$') or not held[2] or not string.find(held[2], '^[1-9]%d*$')
-    or not held[3] or not held[4] or not held[5] or not held[6] then
-  return {'CORRUPT', 'status hash lacks a valid ownerDigest, fencingToken, connectionState or identity'}
+--- end
+--- shared: owner (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- (needs int_in) Read the status record and decide whether the caller owns it. Answers the fields (ownerDigest,
+-- fencingToken, exchangeId, seq, then the extra ones asked for) when it does; otherwise nil and the
+-- reply to return: EXPIRED (no record), TAKEN (another owner) or CORRUPT.
+local function owned(status, id, token, ...)
+  local held = redis.pcall('HMGET', status, 'ownerDigest', 'fencingToken', 'exchangeId', 'seq', ...)
+  if held['err'] then return nil, {'CORRUPT', 'status key is not a hash'} end
+  if not held[1] then
+    if redis.call('EXISTS', status) == 1 then return nil, {'CORRUPT', 'status hash has no ownerDigest'} end
+    return nil, {'EXPIRED'}
+  end
+  if #held[1] ~= 40 or not string.find(held[1], '^%x+$') or not held[2] or not int_in(held[2], 1, 9007199254740991) then
+    return nil, {'CORRUPT', 'status hash lacks a valid ownerDigest or fencingToken'}
+  end
+  if held[3] ~= id then return nil, {'CORRUPT', 'status hash exchangeId is not the id of its key'} end
+  if held[1] ~= redis.sha1hex(token) then return nil, {'TAKEN', held[2]} end
+  return held
 end
-if held[1] ~= redis.sha1hex(token) then return {'TAKEN', held[2]} end
+--- end
+--- shared: retention (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- The retention chosen at claim, stored in the record (absent on a v1 record: the 90-day default).
+local function record_retention(value)
+  if not value then return 7776000000 end
+  return int_in(value, 86400000, 315360000000)
+end
+--- end
 
-local t = rcall('TIME')
-local sec, usec = tonumber(t[1]), tonumber(t[2])
+local id, wrong = check_keys('status', 'log')
+if not id then return wrong end
+if bad_token(token) then return bad('token must be 32-128 characters of [A-Za-z0-9_-] (at least 128 random bits)') end
+if not int_in(fencing_arg, 1, 9007199254740991) then return bad('fencing_token must be the decimal fencing token of the claim') end
+
+local held, answer = owned(status, id, token, 'connectionState', 'exchangeName', 'hostname', 'ipAddress', 'instanceId',
+  'retentionMs')
+if not held then
+  if answer[1] ~= 'EXPIRED' and answer[1] ~= 'TAKEN' then return answer end
+  -- Not (or no longer) ours: was it released by its owner? The release's entry carries the lease's
+  -- fencing token, and only later leases (higher tokens) write after it: look among the newest 16.
+  local entries = redis.pcall('XREVRANGE', log, '+', '-', 'COUNT', 16)
+  if entries['err'] then return {'CORRUPT', 'log key is not a stream'} end
+  for i = 1, #entries do
+    local f, event, fencing, state = entries[i][2], nil, nil, nil
+    for j = 1, #f, 2 do
+      if f[j] == 'event' then event = f[j + 1] elseif f[j] == 'fencingToken' then fencing = f[j + 1] elseif f[j] == 'state' then state = f[j + 1] end
+    end
+    if fencing == fencing_arg then
+      if event == 'deregister' then return {'REPLAYED', state or ''} end
+      break
+    end
+  end
+  return answer
+end
+if held[2] ~= fencing_arg then return bad('fencing_token is not the fencing token of this lease (' .. held[2] .. ')') end
+local retention = record_retention(held[10])
+if not held[5] or not held[6] or not held[7] or not retention then
+  return {'CORRUPT', 'status hash lacks a valid connectionState, identity or retentionMs'}
+end
+
+--- shared: iso (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
 local function iso(s, us)
   -- ISO-8601 UTC with milliseconds from TIME; civil date from days (H. Hinnant's algorithm),
   -- with floor(a / b) written as (a - a % b) / b: no function calls on this hot path.
@@ -83,10 +146,25 @@ local function iso(s, us)
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', yoe + (z - doe) / 146097 * 400 + (month <= 2 and 1 or 0),
     month, doy - (c - c % 5) / 5 + 1, (rem - h) / 3600, (h - h % 60) / 60, h % 60, (us - us % 1000) / 1000)
 end
-
-rcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
-  'event', 'deregister', 'timestamp', iso(sec, usec), 'exchangeId', held[4], 'exchangeName', held[5],
-  'hostname', held[6], 'ip', held[7] or '', 'state', held[3],
-  'fencingToken', held[2], 'instanceId', held[8] or '', 'requestId', request_id)
+--- end
+--- shared: append (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- Append one activity-log entry, trimming entries older than retention_ms (MINID ~). It is each
+-- script's first write: if the log key holds another type, XADD fails (WRONGTYPE) and nothing has been
+-- written. Answers nil, or the reply to return (CORRUPT, or the server's error such as OOM).
+local function append(log, sec, retention_ms, ...)
+  local added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  if type(added) == 'table' and added['err'] then
+    if string.sub(added['err'], 1, 9) == 'WRONGTYPE' then return {'CORRUPT', 'log key is not a stream'} end
+    return redis.error_reply(added['err'])
+  end
+  return nil
+end
+--- end
+local t = rcall('TIME')
+local sec = tonumber(t[1])
+local failed = append(log, sec, retention, 'event', 'deregister', 'timestamp', iso(sec, tonumber(t[2])), 'exchangeId', id,
+  'exchangeName', held[6], 'hostname', held[7], 'ip', held[8] or '', 'state', held[5],
+  'fencingToken', held[2], 'instanceId', held[9] or '')
+if failed then return failed end
 rcall('DEL', status)
-return {'RELEASED', held[3]}
+return {'RELEASED', held[5]}

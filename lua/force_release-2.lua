@@ -1,5 +1,5 @@
 --[[
-  force_release-2.lua · pylivermore script contract v1
+  force_release-2.lua · pylivermore script contract v2
   Operator tool: remove whoever holds the resource, whatever its state, and log
   who did it and why. The holder's next heartbeat answers EXPIRED. The fence key
   is kept, so the next claim's token is higher.
@@ -7,9 +7,9 @@
   KEYS[1]  status   hash, the live record            <ns>:{<id>}:status
   KEYS[2]  log      stream, the activity log         <ns>:{<id>}:log
 
-  ARGV[1]  reason         why, 1-1024 bytes
-  ARGV[2]  operator       who, 1-255 bytes
-  ARGV[3]  retention_ms   integer milliseconds 1000..315360000000; log entries older than this are trimmed (MINID ~)
+  ARGV[1]  reason         why, 1-1024 bytes of UTF-8 without control characters other than tab, LF, CR
+  ARGV[2]  operator       who, 1-255 bytes of UTF-8 without control characters
+  ARGV[3]  retention_ms   integer milliseconds 86400000..315360000000; log entries older than this are trimmed (MINID ~)
 
   Reply    {"RELEASED", fencing_token, state}   the removed holder's token and state
            {"ABSENT"}   no record; nothing written
@@ -25,13 +25,75 @@ if #KEYS ~= 2 or #ARGV ~= 3 then
 end
 local status, log = KEYS[1], KEYS[2]
 local reason, operator, retention_arg = ARGV[1], ARGV[2], ARGV[3]
+
+--- shared: bad (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
 local function bad(what) return redis.error_reply('ERR pylivermore bad-args: ' .. what) end
-if #reason < 1 or #reason > 1024 then return bad('reason must be 1-1024 bytes') end
-if #operator < 1 or #operator > 255 then return bad('operator must be 1-255 bytes') end
-local retention = #retention_arg <= 12 and string.find(retention_arg, '^[1-9]%d*$') and tonumber(retention_arg)
-if not retention or retention < 1000 or retention > 315360000000 then
-  return bad('retention_ms must be an integer from 1000 to 315360000000')
+--- end
+--- shared: int_in (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- A decimal integer from lo to hi (no sign, no leading zero, no exponent), or nil: Lua's tonumber
+-- alone accepts ' 15', '0x10', '1e3' and 'inf'.
+local function int_in(s, lo, hi)
+  if #s > 16 or not (s == '0' or string.find(s, '^[1-9]%d*$')) then return nil end
+  local n = tonumber(s)
+  if n < lo or n > hi then return nil end
+  return n
 end
+--- end
+--- shared: keys (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- KEYS[1] must be '<ns>:{<id>}:<first>' with a valid namespace and a canonical id (an all-digit id
+-- has no leading zero), and every further key the same '<ns>:{<id>}:' with its own suffix: one hash
+-- tag, one resource. Answers the id, or nil and the error to return.
+local function key_id(key, suffix)
+  local ns, id = string.match(key, '^(%w[%w._%-]*):{(%w[%w._%-]*)}:' .. suffix .. '$')
+  if not ns or #ns > 64 or #id > 64 or string.find(id, '^0%d*$') then return nil end
+  return id, ns
+end
+local function check_keys(...)
+  local suffixes = {...}
+  local id, ns = key_id(KEYS[1], suffixes[1])
+  if id then
+    for i = 2, #suffixes do
+      if KEYS[i] ~= ns .. ':{' .. id .. '}:' .. suffixes[i] then id = nil; break end
+    end
+  end
+  if not id then
+    return nil, bad('KEYS must be ' .. table.concat(suffixes, ', ') .. ' of one resource: <ns>:{<id>}:<key>, the namespace 1-64 ' ..
+      'chars of [A-Za-z0-9._-], the id a positive integer without leading zero or 1-64 chars of [A-Za-z0-9._-]')
+  end
+  return id
+end
+--- end
+--- shared: text (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- Valid UTF-8 of lo..hi bytes with no control character (lines: tab, LF and CR are allowed).
+local function text_ok(s, lo, hi, lines)
+  if #s < lo or #s > hi then return false end
+  if string.find(s, lines and '[%z\1-\8\11\12\14-\31\127]' or '[%z\1-\31\127]') then return false end
+  local i = 1
+  while true do
+    local j = string.find(s, '[\128-\255]', i)
+    if not j then return true end
+    local c, n, lo2, hi2 = string.byte(s, j), 0, 128, 191
+    if c >= 194 and c <= 223 then n = 1
+    elseif c >= 224 and c <= 239 then n = 2; if c == 224 then lo2 = 160 elseif c == 237 then hi2 = 159 end
+    elseif c >= 240 and c <= 244 then n = 3; if c == 240 then lo2 = 144 elseif c == 244 then hi2 = 143 end
+    else return false end
+    for k = 1, n do
+      local b = string.byte(s, j + k)
+      if not b or b < (k == 1 and lo2 or 128) or b > (k == 1 and hi2 or 191) then return false end
+    end
+    i = j + n + 1
+  end
+end
+--- end
+
+local id, wrong = check_keys('status', 'log')
+if not id then return wrong end
+if not text_ok(reason, 1, 1024, true) then
+  return bad('reason must be 1-1024 bytes of UTF-8 without control characters other than tab, LF and CR')
+end
+if not text_ok(operator, 1, 255) then return bad('operator must be 1-255 bytes of UTF-8 without control characters') end
+local retention = int_in(retention_arg, 86400000, 315360000000)
+if not retention then return bad('retention_ms must be an integer from 86400000 (one day) to 315360000000') end
 
 local held = redis.pcall('HMGET', status, 'fencingToken', 'connectionState', 'exchangeId', 'exchangeName',
   'hostname', 'ipAddress', 'instanceId')
@@ -40,14 +102,11 @@ if not held[1] then
   if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no fencingToken'} end
   return {'ABSENT'}
 end
-if not string.find(held[1], '^[1-9]%d*$') or not held[2] or not held[3] or not held[4] or not held[5] then
-  return {'CORRUPT', 'status hash lacks a valid fencingToken, connectionState or identity'}
+if not int_in(held[1], 1, 9007199254740991) or not held[2] or held[3] ~= id or not held[4] or not held[5] then
+  return {'CORRUPT', 'status hash lacks a valid fencingToken, connectionState or identity, or its exchangeId is not its key\'s id'}
 end
-local log_kind = rcall('TYPE', log)['ok']
-if log_kind ~= 'stream' and log_kind ~= 'none' then return {'CORRUPT', 'log key holds a ' .. log_kind .. ', not a stream'} end
 
-local t = rcall('TIME')
-local sec, usec = tonumber(t[1]), tonumber(t[2])
+--- shared: iso (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
 local function iso(s, us)
   -- ISO-8601 UTC with milliseconds from TIME; civil date from days (H. Hinnant's algorithm),
   -- with floor(a / b) written as (a - a % b) / b: no function calls on this hot path.
@@ -65,10 +124,25 @@ local function iso(s, us)
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', yoe + (z - doe) / 146097 * 400 + (month <= 2 and 1 or 0),
     month, doy - (c - c % 5) / 5 + 1, (rem - h) / 3600, (h - h % 60) / 60, h % 60, (us - us % 1000) / 1000)
 end
-
-rcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention), '*',
-  'event', 'force_release', 'timestamp', iso(sec, usec), 'exchangeId', held[3], 'exchangeName', held[4],
-  'hostname', held[5], 'ip', held[6] or '', 'state', held[2], 'fencingToken', held[1],
-  'instanceId', held[7] or '', 'reason', reason, 'operator', operator)
+--- end
+--- shared: append (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- Append one activity-log entry, trimming entries older than retention_ms (MINID ~). It is each
+-- script's first write: if the log key holds another type, XADD fails (WRONGTYPE) and nothing has been
+-- written. Answers nil, or the reply to return (CORRUPT, or the server's error such as OOM).
+local function append(log, sec, retention_ms, ...)
+  local added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  if type(added) == 'table' and added['err'] then
+    if string.sub(added['err'], 1, 9) == 'WRONGTYPE' then return {'CORRUPT', 'log key is not a stream'} end
+    return redis.error_reply(added['err'])
+  end
+  return nil
+end
+--- end
+local t = rcall('TIME')
+local sec = tonumber(t[1])
+local failed = append(log, sec, retention, 'event', 'force_release', 'timestamp', iso(sec, tonumber(t[2])),
+  'exchangeId', id, 'exchangeName', held[4], 'hostname', held[5], 'ip', held[6] or '', 'state', held[2],
+  'fencingToken', held[1], 'instanceId', held[7] or '', 'reason', reason, 'operator', operator)
+if failed then return failed end
 rcall('DEL', status)
 return {'RELEASED', held[1], held[2]}

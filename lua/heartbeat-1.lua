@@ -1,15 +1,15 @@
 --[[
-  heartbeat-1.lua · pylivermore script contract v1
+  heartbeat-1.lua · pylivermore script contract v2
   Renew the caller's lease: refresh lastHeartbeat and the TTL, only if the
   record exists and its owner digest is sha1hex(token). Never re-creates a record.
 
   KEYS[1]  status   hash, the live record            <ns>:{<id>}:status
 
-  ARGV[1]  token    owner secret given to claim, 16-128 chars of [A-Za-z0-9_-]
+  ARGV[1]  token    owner secret given to claim, 32-128 chars of [A-Za-z0-9_-]
   ARGV[2]  ttl_ms   integer milliseconds, 10..86400000
 
   Reply    {"RENEWED", last_heartbeat_iso}   TTL reset to ttl_ms
-           {"EXPIRED"}   no record: the lease ran out or was released; nothing written
+           {"EXPIRED"}   no record: the lease ran out or was removed; nothing written
            {"TAKEN", fencing_token}   another owner holds the record; nothing written
            {"CORRUPT", reason}   the key holds something this contract never writes; nothing written
   Errors   "ERR pylivermore bad-args: <what>"   a caller bug; nothing written
@@ -23,32 +23,79 @@ if #KEYS ~= 1 or #ARGV ~= 2 then
 end
 local status = KEYS[1]
 local token, ttl_arg = ARGV[1], ARGV[2]
+
+--- shared: bad (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
 local function bad(what) return redis.error_reply('ERR pylivermore bad-args: ' .. what) end
+--- end
+--- shared: int_in (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- A decimal integer from lo to hi (no sign, no leading zero, no exponent), or nil: Lua's tonumber
+-- alone accepts ' 15', '0x10', '1e3' and 'inf'.
+local function int_in(s, lo, hi)
+  if #s > 16 or not (s == '0' or string.find(s, '^[1-9]%d*$')) then return nil end
+  local n = tonumber(s)
+  if n < lo or n > hi then return nil end
+  return n
+end
+--- end
+--- shared: token (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+local function bad_token(token)
+  return #token < 32 or #token > 128 or not string.find(token, '^[%w_%-]+$')
+end
+--- end
+--- shared: keys (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- KEYS[1] must be '<ns>:{<id>}:<first>' with a valid namespace and a canonical id (an all-digit id
+-- has no leading zero), and every further key the same '<ns>:{<id>}:' with its own suffix: one hash
+-- tag, one resource. Answers the id, or nil and the error to return.
+local function key_id(key, suffix)
+  local ns, id = string.match(key, '^(%w[%w._%-]*):{(%w[%w._%-]*)}:' .. suffix .. '$')
+  if not ns or #ns > 64 or #id > 64 or string.find(id, '^0%d*$') then return nil end
+  return id, ns
+end
+local function check_keys(...)
+  local suffixes = {...}
+  local id, ns = key_id(KEYS[1], suffixes[1])
+  if id then
+    for i = 2, #suffixes do
+      if KEYS[i] ~= ns .. ':{' .. id .. '}:' .. suffixes[i] then id = nil; break end
+    end
+  end
+  if not id then
+    return nil, bad('KEYS must be ' .. table.concat(suffixes, ', ') .. ' of one resource: <ns>:{<id>}:<key>, the namespace 1-64 ' ..
+      'chars of [A-Za-z0-9._-], the id a positive integer without leading zero or 1-64 chars of [A-Za-z0-9._-]')
+  end
+  return id
+end
+--- end
+--- shared: owner (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- (needs int_in) Read the status record and decide whether the caller owns it. Answers the fields (ownerDigest,
+-- fencingToken, exchangeId, seq, then the extra ones asked for) when it does; otherwise nil and the
+-- reply to return: EXPIRED (no record), TAKEN (another owner) or CORRUPT.
+local function owned(status, id, token, ...)
+  local held = redis.pcall('HMGET', status, 'ownerDigest', 'fencingToken', 'exchangeId', 'seq', ...)
+  if held['err'] then return nil, {'CORRUPT', 'status key is not a hash'} end
+  if not held[1] then
+    if redis.call('EXISTS', status) == 1 then return nil, {'CORRUPT', 'status hash has no ownerDigest'} end
+    return nil, {'EXPIRED'}
+  end
+  if #held[1] ~= 40 or not string.find(held[1], '^%x+$') or not held[2] or not int_in(held[2], 1, 9007199254740991) then
+    return nil, {'CORRUPT', 'status hash lacks a valid ownerDigest or fencingToken'}
+  end
+  if held[3] ~= id then return nil, {'CORRUPT', 'status hash exchangeId is not the id of its key'} end
+  if held[1] ~= redis.sha1hex(token) then return nil, {'TAKEN', held[2]} end
+  return held
+end
+--- end
 
-local held = redis.pcall('HMGET', status, 'ownerDigest', 'fencingToken')
--- The stored digest is sha1hex of a token that the claim checked: when it matches, neither the
--- token nor the digest needs a pattern check (on every other path the token is checked first).
-local mine = held[1] and #token <= 128 and held[1] == redis.sha1hex(token)
-if not mine and (#token < 16 or #token > 128 or not string.find(token, '^[%w_%-]+$')) then
-  return bad('token must be 16-128 characters of [A-Za-z0-9_-]')
-end
-local ttl = #ttl_arg <= 8 and string.find(ttl_arg, '^[1-9]%d*$') and tonumber(ttl_arg)
-if not ttl or ttl < 10 or ttl > 86400000 then
-  -- PEXPIRE with 0 or a negative value would delete the key: never let one through.
-  return bad('ttl_ms must be an integer from 10 to 86400000')
-end
-if held['err'] then return {'CORRUPT', 'status key is not a hash'} end
-if not held[1] then
-  if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no ownerDigest'} end
-  return {'EXPIRED'}
-end
-if (not mine and (#held[1] ~= 40 or not string.find(held[1], '^%x+$'))) or not held[2] or not string.find(held[2], '^[1-9]%d*$') then
-  return {'CORRUPT', 'status hash lacks a valid ownerDigest or fencingToken'}
-end
-if not mine then return {'TAKEN', held[2]} end
+local id, wrong = check_keys('status')
+if not id then return wrong end
+if bad_token(token) then return bad('token must be 32-128 characters of [A-Za-z0-9_-] (at least 128 random bits)') end
+-- PEXPIRE with 0 or a negative value would delete the key: never let one through.
+local ttl = int_in(ttl_arg, 10, 86400000)
+if not ttl then return bad('ttl_ms must be an integer from 10 to 86400000') end
+local held, answer = owned(status, id, token)
+if not held then return answer end
 
-local t = rcall('TIME')
-local sec, usec = tonumber(t[1]), tonumber(t[2])
+--- shared: iso (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
 local function iso(s, us)
   -- ISO-8601 UTC with milliseconds from TIME; civil date from days (H. Hinnant's algorithm),
   -- with floor(a / b) written as (a - a % b) / b: no function calls on this hot path.
@@ -66,7 +113,9 @@ local function iso(s, us)
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', yoe + (z - doe) / 146097 * 400 + (month <= 2 and 1 or 0),
     month, doy - (c - c % 5) / 5 + 1, (rem - h) / 3600, (h - h % 60) / 60, h % 60, (us - us % 1000) / 1000)
 end
-local now = iso(sec, usec)
+--- end
+local t = rcall('TIME')
+local now = iso(tonumber(t[1]), tonumber(t[2]))
 -- PEXPIRE first: it needs no memory, so under maxmemory/noeviction the renewal (and, being
 -- no longer the first write, the HSET) still goes through instead of failing with OOM.
 rcall('PEXPIRE', status, ttl)

@@ -26,7 +26,18 @@ from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
-from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
+from ._protocol import (
+    Call,
+    Transport,
+    call_command,
+    is_missing,
+    load_commands,
+    noscript_indexes,
+    parse_force_release,
+    pipeline_commands,
+    pipeline_replies,
+    unsupported,
+)
 from ._renewal import (
     ClusterRound,
     Node,
@@ -45,6 +56,34 @@ from .models import ActivityEntry, InstanceStatus
 from .resolver import AsyncResolver, no_address
 
 logger = logging.getLogger("pylivermore.heartbeat")
+
+
+async def _fcall(call: Call, client: aredis.Redis | RedisCluster) -> Any:
+    """*call* over ``FCALL``; where the server lacks the library (``Function not found``), load it
+    there (``FUNCTION LOAD REPLACE``) and send the call once more."""
+    command = call_command(call, "functions")
+
+    async def send() -> Any:
+        # On a cluster, straight to the key's node: left to route FCALL itself, redis-py first asks
+        # a node where its keys are (COMMAND GETKEYS), a round trip more for every call.
+        target: dict[str, Any] = {}
+        if isinstance(client, RedisCluster):
+            target["target_nodes"] = client.get_node_from_key(call.keys[0])
+        try:
+            return await client.execute_command(*command, **target)
+        except ResponseError as exc:
+            error = unsupported(exc, "functions")
+            if error is not None:
+                raise error from exc
+            if not is_missing(exc):
+                raise
+        for load in load_commands([call.script], "functions"):
+            await client.execute_command(*load, **target)
+        return await client.execute_command(*command, **target)
+
+    if isinstance(client, RedisCluster):  # given its target, the cluster client would not retry: its policy here
+        return await client.retry.call_with_retry(send, lambda _: None)
+    return await send()
 
 
 class AsyncRegistry:
@@ -66,6 +105,7 @@ class AsyncRegistry:
         transitions: Mapping[State | str, Iterable[State | str]] | None = None,
         instance_id: str | None = None,
         hostname: str | None = None,
+        transport: Transport = "scripts",
         resolver: AsyncResolver = no_address,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -78,6 +118,7 @@ class AsyncRegistry:
             transitions=transitions,
             instance_id=instance_id,
             hostname=hostname,
+            transport=transport,
         )
         self._client = client
         self._scripts: dict[str, AsyncScript] = {n: client.register_script(s.source) for n, s in load_scripts().items()}
@@ -104,6 +145,8 @@ class AsyncRegistry:
         return self._config.instance_id
 
     async def _run(self, call: Call) -> Any:
+        if self._config.transport == "functions":
+            return await _fcall(call, self._client)
         return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
 
     async def _run_batch(
@@ -115,23 +158,30 @@ class AsyncRegistry:
     ) -> list[Any]:
         """Send *calls*, then the *tail* commands, in one pipeline on *client*: each call's reply
         (or the exception that stands for it), then the tail's replies."""
-        replies = await self._pipeline(client, calls, asking, tail)
+        transport = self._config.transport
+        replies = await self._pipeline(client, calls, asking, tail, transport)
         missing = noscript_indexes(replies[: len(calls)])
-        if missing:  # the script cache was flushed: load and send those calls (and the tail) again, once
-            for name in {calls[i].script for i in missing}:
-                await client.script_load(load_scripts()[name].source)
-            again = await self._pipeline(client, [calls[i] for i in missing], asking, tail)
+        if missing:  # the server lost the scripts or the library: load, send those calls (and the tail) once more
+            for load in load_commands({calls[i].script for i in missing}, transport):
+                await client.execute_command(*load)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            again = await self._pipeline(client, [calls[i] for i in missing], asking, tail, transport)
             for i, reply in zip(missing, again, strict=False):
                 replies[i] = reply
             replies[len(calls) :] = again[len(missing) :]
+        if transport == "functions":  # a server without FCALL (Redis < 7.0): say so
+            replies[: len(calls)] = [unsupported(r, transport) or r for r in replies[: len(calls)]]
         return replies
 
     @staticmethod
     async def _pipeline(
-        client: aredis.Redis, calls: list[Call], asking: bool, tail: tuple[tuple[str | int, ...], ...]
+        client: aredis.Redis,
+        calls: list[Call],
+        asking: bool,
+        tail: tuple[tuple[str | int, ...], ...],
+        transport: str = "scripts",
     ) -> list[Any]:
         pipe = client.pipeline(transaction=False)
-        for command in pipeline_commands(calls, asking, tail):
+        for command in pipeline_commands(calls, asking, tail, transport):
             pipe.execute_command(*command)
         return pipeline_replies(await pipe.execute(raise_on_error=False), len(calls), asking)
 
@@ -347,10 +397,10 @@ class AsyncLease:
                 self._registry._spawn(result)
 
     def __repr__(self) -> str:
-        return f"<AsyncLease exchange={self.exchange_id} fencing_token={self.fencing_token} state={self.state.value}>"
+        return f"<AsyncLease exchange={self.exchange_id} fencing_token={self.fencing_token} state={self.state}>"
 
     @property
-    def exchange_id(self) -> str:
+    def exchange_id(self) -> int | str:
         return self._core.exchange_id
 
     @property
@@ -363,7 +413,7 @@ class AsyncLease:
         return self._core.fencing_token
 
     @property
-    def state(self) -> State:
+    def state(self) -> State | str:
         return self._core.state
 
     @property
@@ -389,7 +439,7 @@ class AsyncLease:
     async def _run(self, call: Call) -> Any:
         return await self._registry._run(call)
 
-    async def transition(self, to: State | str, *, expected: State | str | None = None) -> State:
+    async def transition(self, to: State | str, *, expected: State | str | None = None) -> State | str:
         """Move to state *to*; with *expected*, only if the record is in that state now."""
         call = self._core.transition_call(to, expected, self._clock())
         return self._core.transition_done(await self._run(call), call)

@@ -14,7 +14,7 @@ from typing import Any
 from redis.backoff import ExponentialBackoff
 
 from . import _protocol as proto
-from ._keys import Keys, check_id, check_namespace, status_pattern
+from ._keys import Keys, check_id, check_namespace, check_text, python_id, status_pattern
 from ._lease import LeaseCore, LeaseSettings
 from ._states import State, build_table
 from .errors import CorruptStatusError, NotReplicatedError
@@ -47,17 +47,6 @@ def _seconds(name: str, value: float) -> float:
     return float(value)
 
 
-def _text(name: str, value: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if not 1 <= size <= limit:
-        raise ValueError(f"{name} must be 1-{limit} bytes of UTF-8, got {size}")
-    if "\x00" in value:
-        raise ValueError(f"{name} must not contain NUL characters")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class PendingClaim:
     wire_id: str
@@ -81,8 +70,16 @@ class RegistryConfig:
         transitions: Mapping[State | str, Iterable[State | str]] | None = None,
         instance_id: str | None = None,
         hostname: str | None = None,
+        transport: str = "scripts",
     ) -> None:
         self.namespace = check_namespace(namespace)
+        if transport not in proto.TRANSPORTS:
+            raise ValueError(
+                "transport must be 'scripts' (EVALSHA, any supported server) or 'functions' "
+                f"(FCALL of the pylivermore library, Redis >= 7.0 or Valkey), not {transport!r}"
+            )
+        #: ``scripts``: every call is an ``EVALSHA``; ``functions``: an ``FCALL`` (see :mod:`._library`).
+        self.transport: proto.Transport = "functions" if transport == "functions" else "scripts"
         self.ttl = _seconds("ttl", ttl)
         self.heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
         self.renew_deadline = _seconds("renew_deadline", renew_deadline)
@@ -95,13 +92,17 @@ class RegistryConfig:
         if not 0.01 <= self.ttl <= DAY:
             raise ValueError(f"ttl must be between 0.01 and 86400 seconds, not {ttl}")
         retention = _seconds("log_retention", log_retention)
-        if not 1.0 <= retention <= 3650 * DAY:
-            raise ValueError(f"log_retention must be between 1 second and 3650 days, not {log_retention}")
+        # The contract's floor (lua/README.md): no call may trim history younger than a day.
+        if not DAY <= retention <= 3650 * DAY:
+            raise ValueError(f"log_retention must be between 1 day (86400 s) and 3650 days, not {log_retention}")
         table, table_wire = build_table(transitions)
-        self.hostname = _text("hostname", hostname if hostname is not None else socket.gethostname() or "unknown", 255)
-        self.instance_id = _text(
+        self.hostname = check_text(
+            "hostname", hostname if hostname is not None else socket.gethostname() or "unknown", 1, 255
+        )
+        self.instance_id = check_text(
             "instance_id",
             instance_id if instance_id is not None else f"{self.hostname}:{os.getpid()}:{secrets.token_hex(3)}",
+            1,
             255,
         )
         self.lease_settings = LeaseSettings(
@@ -137,13 +138,22 @@ class RegistryConfig:
 
     def claim(self, exchange_id: int | str, exchange_name: str, reclaim: bool) -> PendingClaim:
         wire_id, keys = self.keys(exchange_id)
-        _text("exchange_name", exchange_name, 128)
+        check_text("exchange_name", exchange_name, 1, 128)
         if not isinstance(reclaim, bool):
             raise TypeError("reclaim must be a bool")
         token = secrets.token_hex(16)
         s = self.lease_settings
         call = proto.claim_call(
-            keys, token, s.ttl_ms, wire_id, exchange_name, self.hostname, self.instance_id, reclaim, s.retention_ms
+            keys,
+            token,
+            s.ttl_ms,
+            wire_id,
+            exchange_name,
+            self.hostname,
+            self.instance_id,
+            reclaim,
+            s.retention_ms,
+            s.table_wire,
         )
         return PendingClaim(wire_id, exchange_name, keys, token, call)
 
@@ -174,7 +184,7 @@ class RegistryConfig:
         logger.info("claimed exchange %s (fencing token %d, %s)", pending.wire_id, fencing_token, how)
         return LeaseCore(
             self.lease_settings,
-            pending.wire_id,
+            python_id(pending.wire_id),
             pending.exchange_name,
             pending.keys,
             pending.token,
@@ -221,8 +231,8 @@ class RegistryConfig:
 
     def force_release(self, exchange_id: int | str, reason: str, operator: str | None) -> tuple[Keys, proto.Call]:
         _, keys = self.keys(exchange_id)
-        _text("reason", reason, 1024)
-        who = _text("operator", operator if operator is not None else self.instance_id, 255)
+        check_text("reason", reason, 1, 1024, lines=True)
+        who = check_text("operator", operator if operator is not None else self.instance_id, 1, 255)
         return keys, proto.force_release_call(keys, reason, who, self.lease_settings.retention_ms)
 
     def read_error(self, exc: Exception, key: str) -> Exception:

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import secrets
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from . import _protocol as proto
-from ._keys import Keys
-from ._states import State, parse_state
+from ._keys import Keys, check_text
+from ._states import AnyState, State, parse_state
 from .errors import InvalidTransitionError, LeaseLostError, ScriptContractError
 from .models import InstanceStatus
 
 logger = logging.getLogger("pylivermore.lease")
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # what the contract refuses in a message
 
 _RENEWED = (b"RENEWED", "RENEWED")
 
@@ -50,7 +52,7 @@ class LeaseSettings:
         heartbeat_interval: float,
         renew_deadline: float,
         retention_ms: int,
-        table: dict[State, frozenset[State]],
+        table: Mapping[AnyState, frozenset[AnyState]],
         table_wire: str,
     ) -> None:
         self.ttl_ms = ttl_ms
@@ -61,17 +63,13 @@ class LeaseSettings:
         self.table_wire = table_wire
 
 
-def request_id() -> str:
-    return secrets.token_hex(8)
-
-
 class LeaseCore:
     """Shared by :class:`~pylivermore.Lease` and :class:`~pylivermore.AsyncLease`."""
 
     def __init__(
         self,
         settings: LeaseSettings,
-        exchange_id: str,
+        exchange_id: int | str,
         exchange_name: str,
         keys: Keys,
         token: str,
@@ -84,7 +82,11 @@ class LeaseCore:
         self.keys = keys
         self.token = token
         self.fencing_token = fencing_token
-        self.state = State.IDLE
+        self.state: AnyState = State.IDLE
+        # The lease's sequence number (contract v2): each call that changes the record sends a higher
+        # one, so a retry (the same seq) or a late duplicate (a lower one) is answered REPLAYED and
+        # never applied twice.
+        self._seq = 0
         self.deadline = sent_at + settings.renew_deadline
         self.next_beat = sent_at + settings.heartbeat_interval
         self.lost_reason: str | None = None
@@ -127,6 +129,11 @@ class LeaseCore:
             self.lose(reason)
             raise LeaseLostError(self.exchange_id, reason)
         self.state = status.connection_state
+
+    def next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
 
     def _owned(self, script: str, reply: object) -> list[str]:
         w = proto.parse_owned(script, reply, self.keys)
@@ -180,36 +187,31 @@ class LeaseCore:
         if not self._in_flight:
             current = self.state
             if (want is not None and want != current) or target not in self.settings.table.get(current, ()):
-                raise InvalidTransitionError(self.exchange_id, current.value, target.value, want and want.value)
+                raise InvalidTransitionError(self.exchange_id, str(current), str(target), want and str(want))
         self._in_flight = True
-        return proto.transition_call(
-            self.keys,
-            self.token,
-            request_id(),
-            target.value,
-            want.value if want is not None else "",
-            self.settings.table_wire,
-            self.settings.retention_ms,
-        )
+        return proto.transition_call(self.keys, self.token, self.next_seq(), str(target), str(want or ""))
 
-    def transition_done(self, reply: object, call: proto.Call) -> State:
+    def transition_done(self, reply: object, call: proto.Call) -> AnyState:
         w = self._owned("transition", reply)
         self._in_flight = False
         try:
-            state = State(w[1])
+            # OK: {OK, state, at}; BAD_TRANSITION: {.., state}; REPLAYED: {.., applied_seq, state}
+            state = parse_state(w[2] if w[0] == "REPLAYED" else w[1])
         except (ValueError, IndexError):
             raise ScriptContractError("transition", reply) from None
         self.state = state
         if w[0] == "BAD_TRANSITION":
             expected = call.args[3] or None
-            raise InvalidTransitionError(self.exchange_id, state.value, call.args[2], expected)
+            raise InvalidTransitionError(self.exchange_id, str(state), call.args[2], expected)
+        # REPLAYED: a retry of this very call (redis-py resent it after a timeout) that was applied
+        # the first time; the record's state is the answer.
         return state
 
     # -- fields, errors, release -----------------------------------------------------------
 
     def update_call(self, group: str, first: str, second: str, now: float) -> proto.Call:
         self.check(now)
-        return proto.update_call(self.keys, self.token, group, first, second)
+        return proto.update_call(self.keys, self.token, self.next_seq(), group, first, second)
 
     def update_done(self, reply: object) -> None:
         self._owned("update", reply)
@@ -217,12 +219,14 @@ class LeaseCore:
     def record_error_call(self, message: str, now: float) -> proto.Call:
         if not isinstance(message, str):
             raise TypeError(f"an error message must be a str, not {type(message).__name__}")
-        message = message or "unknown error"
-        encoded = message.encode("utf-8", "replace")
+        # The contract takes UTF-8 without control characters other than tab, LF and CR: an error
+        # message is free text (a traceback, bytes from a socket), so it is made to fit, not refused.
+        message = _CONTROL.sub("\ufffd", message or "unknown error")
+        encoded = message.encode("utf-8")
         if len(encoded) > 4096:
             message = encoded[:4093].decode("utf-8", "ignore") + "..."
         self.check(now)
-        return proto.record_error_call(self.keys, self.token, request_id(), message, self.settings.retention_ms)
+        return proto.record_error_call(self.keys, self.token, self.next_seq(), message)
 
     def record_error_done(self, reply: object) -> None:
         self._owned("record_error", reply)
@@ -235,16 +239,19 @@ class LeaseCore:
         """
         if self.lost_reason not in (None, "deadline"):
             return None
-        return proto.deregister_call(self.keys, self.token, request_id(), self.settings.retention_ms)
+        return proto.deregister_call(self.keys, self.token, self.fencing_token)
 
     def release_done(self, reply: object) -> bool:
+        """True when the record was deleted by this release (now, or by an earlier attempt of it
+        whose reply was lost: REPLAYED); False when the lease had expired or been taken."""
         w = proto.parse_owned("deregister", reply, self.keys)
         self.lose("released")
-        return w[0] == "RELEASED"
+        return w[0] in ("RELEASED", "REPLAYED")
 
-    def shutdown_path(self) -> Sequence[State]:
+    def shutdown_path(self) -> Sequence[AnyState]:
         """The transitions a graceful shutdown makes: to ``stopping`` and ``stopped`` where allowed."""
-        table, state, path = self.settings.table, self.state, []
+        table, state = self.settings.table, self.state
+        path: list[AnyState] = []
         for step in (State.STOPPING, State.STOPPED):
             if state != State.STOPPED and step in table.get(state, ()):
                 path.append(step)
@@ -267,8 +274,8 @@ def admin_args(email: str | None, display_name: str | None) -> tuple[str, str, s
     for name, value, limit in (("email", email, 320), ("display_name", display_name, 256)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
-        if value is not None and len(value.encode("utf-8", "surrogatepass")) > limit:
-            raise ValueError(f"{name} must be at most {limit} bytes of UTF-8")
+        if value is not None:
+            check_text(name, value, 0, limit)
     return "admin", email or "", display_name or ""
 
 

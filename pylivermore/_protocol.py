@@ -9,21 +9,22 @@ words this module understands; a header check keeps it equal to the Lua headers.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ._keys import Keys
 from ._scripts import load_scripts
-from .errors import ClaimConflictError, CorruptStatusError, ScriptContractError
+from .errors import ClaimConflictError, CorruptStatusError, LivermoreError, ScriptContractError
 
 REPLIES: dict[str, frozenset[str]] = {
     "claim": frozenset({"CLAIMED", "CONFLICT", "CORRUPT"}),
     "heartbeat": frozenset({"RENEWED", "EXPIRED", "TAKEN", "CORRUPT"}),
     "renew_many": frozenset({"RENEWED", "EXPIRED", "TAKEN", "CORRUPT"}),
-    "transition": frozenset({"OK", "BAD_TRANSITION", "EXPIRED", "TAKEN", "CORRUPT"}),
-    "update": frozenset({"OK", "EXPIRED", "TAKEN", "CORRUPT"}),
-    "record_error": frozenset({"OK", "EXPIRED", "TAKEN", "CORRUPT"}),
-    "deregister": frozenset({"RELEASED", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "transition": frozenset({"OK", "REPLAYED", "BAD_TRANSITION", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "update": frozenset({"OK", "REPLAYED", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "record_error": frozenset({"OK", "REPLAYED", "EXPIRED", "TAKEN", "CORRUPT"}),
+    "deregister": frozenset({"RELEASED", "REPLAYED", "EXPIRED", "TAKEN", "CORRUPT"}),
     "force_release": frozenset({"RELEASED", "ABSENT", "CORRUPT"}),
 }
 
@@ -43,13 +44,45 @@ class Call:
     args: tuple[str, ...]
 
 
+#: How calls reach the server (the registries' ``transport`` option): ``EVALSHA`` of each script,
+#: or ``FCALL`` of the functions of one library built from the same scripts (Redis >= 7.0, see
+#: :mod:`pylivermore._library`). Same KEYS, ARGV and replies either way.
+TRANSPORTS = ("scripts", "functions")
+Transport = Literal["scripts", "functions"]
+
+
 def evalsha_args(call: Call) -> tuple[str, int, tuple[str, ...]]:
     """``EVALSHA`` arguments of *call* (for pipelines): sha1, numkeys, then keys and args."""
     return load_scripts()[call.script].sha1, len(call.keys), (*call.keys, *call.args)
 
 
+def call_command(call: Call, transport: str = "scripts") -> tuple[str | int, ...]:
+    """The command that sends *call*: ``EVALSHA <sha1> <numkeys> <keys…> <args…>``, or over the
+    functions transport ``FCALL pylivermore_v<N>_<operation> <numkeys> <keys…> <args…>``."""
+    if transport == "functions":
+        from ._library import library  # here: `python -m pylivermore._library` must not find it imported
+
+        return ("FCALL", library().functions[call.script], len(call.keys), *call.keys, *call.args)
+    sha, numkeys, rest = evalsha_args(call)
+    return ("EVALSHA", sha, numkeys, *rest)
+
+
+def load_commands(scripts: Iterable[str], transport: str = "scripts") -> list[tuple[str, ...]]:
+    """What makes a server know *scripts* again after :func:`is_missing` said it lost them:
+    ``SCRIPT LOAD`` of each, or ``FUNCTION LOAD REPLACE`` of the whole library."""
+    if transport == "functions":
+        from ._library import library
+
+        return [("FUNCTION", "LOAD", "REPLACE", library().text)]
+    specs = load_scripts()
+    return [("SCRIPT", "LOAD", specs[name].source) for name in sorted(set(scripts))]
+
+
 def pipeline_commands(
-    calls: Sequence[Call], asking: bool = False, tail: Sequence[tuple[str | int, ...]] = ()
+    calls: Sequence[Call],
+    asking: bool = False,
+    tail: Sequence[tuple[str | int, ...]] = (),
+    transport: str = "scripts",
 ) -> list[tuple[str | int, ...]]:
     """The raw commands that send *calls* in one pipeline (each after ``ASKING`` with *asking*:
     a cluster node importing a slot runs a command on it only right after ``ASKING``), then *tail*."""
@@ -57,8 +90,7 @@ def pipeline_commands(
     for call in calls:
         if asking:
             out.append(("ASKING",))
-        sha, numkeys, rest = evalsha_args(call)
-        out.append(("EVALSHA", sha, numkeys, *rest))
+        out.append(call_command(call, transport))
     out.extend(tail)
     return out
 
@@ -71,9 +103,36 @@ def pipeline_replies(replies: Sequence[object], count: int, asking: bool = False
     return list(replies)
 
 
+def is_missing(reply: object) -> bool:
+    """Whether *reply* says that the server lacks the script (``NOSCRIPT``) or the function
+    (``ERR Function not found``: the library was never loaded there, or was lost to a restart, a
+    failover or ``FUNCTION FLUSH``). The call did not run: load (:func:`load_commands`) and resend it."""
+    if not isinstance(reply, Exception):
+        return False
+    text = str(reply).removeprefix("ERR ")
+    return text.startswith(("No matching script", "Function not found"))
+
+
 def noscript_indexes(replies: Sequence[object]) -> list[int]:
-    """Positions of the pipelined replies that failed with NOSCRIPT (the script did not run)."""
-    return [i for i, r in enumerate(replies) if isinstance(r, Exception) and str(r).startswith("No matching script")]
+    """Positions of the pipelined replies that failed because the server lacks the script or the
+    function (:func:`is_missing`): those calls did not run."""
+    return [i for i, r in enumerate(replies) if is_missing(r)]
+
+
+def unsupported(reply: object, transport: str) -> LivermoreError | None:
+    """Over the functions transport, the error that stands for *reply* when it says the server has
+    no ``FCALL`` (Redis < 7.0); ``None`` for any other reply."""
+    if transport != "functions" or not isinstance(reply, Exception):
+        return None
+    text = str(reply).lower()
+    if "unknown command" not in text:
+        return None
+    if "fcall" not in text and "function" not in text:
+        return None
+    return LivermoreError(
+        "transport='functions' calls Redis Functions (FCALL), which this server does not have "
+        "(they need Redis >= 7.0 or Valkey): use transport='scripts' (EVALSHA) with it"
+    )
 
 
 def words(script: str, reply: object, limit: int | None = None) -> list[str]:
@@ -104,11 +163,22 @@ def claim_call(
     instance_id: str,
     reclaim: bool,
     retention_ms: int,
+    table: str,
 ) -> Call:
     return Call(
         "claim",
         (keys.status, keys.log, keys.fence),
-        (token, str(ttl_ms), wire_id, exchange_name, hostname, instance_id, "1" if reclaim else "0", str(retention_ms)),
+        (
+            token,
+            str(ttl_ms),
+            wire_id,
+            exchange_name,
+            hostname,
+            instance_id,
+            "1" if reclaim else "0",
+            str(retention_ms),
+            table,
+        ),
     )
 
 
@@ -147,22 +217,20 @@ def split_renewals(reply: object, count: int) -> list[object]:
     return [list(reply[i : i + 2]) for i in range(0, 2 * count, 2)]
 
 
-def transition_call(
-    keys: Keys, token: str, request_id: str, to: str, expected: str, table: str, retention_ms: int
-) -> Call:
-    return Call("transition", (keys.status, keys.log), (token, request_id, to, expected, table, str(retention_ms)))
+def transition_call(keys: Keys, token: str, seq: int, to: str, expected: str) -> Call:
+    return Call("transition", (keys.status, keys.log), (token, str(seq), to, expected))
 
 
-def update_call(keys: Keys, token: str, group: str, first: str, second: str) -> Call:
-    return Call("update", (keys.status,), (token, group, first, second))
+def update_call(keys: Keys, token: str, seq: int, group: str, first: str, second: str) -> Call:
+    return Call("update", (keys.status,), (token, str(seq), group, first, second))
 
 
-def record_error_call(keys: Keys, token: str, request_id: str, message: str, retention_ms: int) -> Call:
-    return Call("record_error", (keys.status, keys.log), (token, request_id, message, str(retention_ms)))
+def record_error_call(keys: Keys, token: str, seq: int, message: str) -> Call:
+    return Call("record_error", (keys.status, keys.log), (token, str(seq), message))
 
 
-def deregister_call(keys: Keys, token: str, request_id: str, retention_ms: int) -> Call:
-    return Call("deregister", (keys.status, keys.log), (token, request_id, str(retention_ms)))
+def deregister_call(keys: Keys, token: str, fencing_token: int) -> Call:
+    return Call("deregister", (keys.status, keys.log), (token, str(fencing_token)))
 
 
 def parse_owned(script: str, reply: object, keys: Keys) -> list[str]:

@@ -6,6 +6,12 @@ documents ``KEYS[1]`` and its arguments; each further key brings one more argume
 :func:`check_headers` compares each header with the script body and with the reply words
 the Python protocol maps; ``python -m pylivermore._scripts`` runs it (``make lint`` does).
 
+Helpers that several scripts share (the owner check, the log append, the ISO timestamp, ...) have
+one source, ``lua/shared/helpers.lua``; each script carries a copy of the blocks it needs between
+``--- shared: <name>`` and ``--- end`` lines, so that every file stays loadable on its own.
+:func:`sync_shared` writes the copies (``python -m pylivermore._scripts --sync``, ``make lua-sync``)
+and :func:`check_shared` reports a copy that differs (``make lua-check``).
+
 In a wheel the scripts are packaged as ``pylivermore/lua``; in a source checkout they are
 read from the repository's top-level ``lua/``.
 """
@@ -28,6 +34,8 @@ _BODY_ITEM = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
 _BODY_REPLY = re.compile(r"\{'([A-Z_]+)'|answer\(\w+, '([A-Z_]+)'")  # a table, or a variadic script's answer(i, ...)
 _BODY_GUARD = re.compile(r"if #KEYS ~= (\d+) or #ARGV ~= (\d+) then")
 _VARIADIC_GUARD = re.compile(r"if #KEYS < 1 or #KEYS > \d+ or #ARGV ~= #KEYS \+ (\d+) then")
+_SHARED_BLOCK = re.compile(r"^--- shared: (\w+)[^\n]*\n(.*?)^--- end$", re.S | re.M)
+_SHARED_SOURCE = "shared/helpers.lua"
 
 
 @dataclass(frozen=True)
@@ -119,10 +127,55 @@ def check_headers(specs: Mapping[str, ScriptSpec], mapped: Mapping[str, frozense
     return problems
 
 
-def main() -> int:
+def shared_blocks(text: str) -> dict[str, str]:
+    """The helper blocks of ``lua/shared/helpers.lua`` (or of a script): name -> code."""
+    return {m.group(1): m.group(2) for m in _SHARED_BLOCK.finditer(text)}
+
+
+def sync_shared(source: str, blocks: Mapping[str, str]) -> str:
+    """*source* with each ``--- shared: <name>`` block replaced by the one source's code."""
+
+    def copy(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in blocks:
+            raise ValueError(f"no shared helper {name!r} in lua/{_SHARED_SOURCE}")
+        note = f"(a copy from lua/{_SHARED_SOURCE}: edit it there, then make lua-sync)"
+        return f"--- shared: {name} {note}\n{blocks[name]}--- end"
+
+    return _SHARED_BLOCK.sub(copy, source)
+
+
+def check_shared(specs: Mapping[str, ScriptSpec]) -> list[str]:
+    """Every script whose shared blocks differ from ``lua/shared/helpers.lua`` (none in a wheel,
+    which carries the scripts only)."""
+    path = lua_dir() / _SHARED_SOURCE
+    if not path.is_file():
+        return []
+    blocks = shared_blocks(path.read_text(encoding="utf-8"))
+    problems = []
+    for spec in specs.values():
+        for name, code in shared_blocks(spec.source).items():
+            if blocks.get(name) != code:
+                problems.append(
+                    f"{spec.filename}: shared block {name!r} differs from lua/{_SHARED_SOURCE} (make lua-sync)"
+                )
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
     from ._protocol import REPLIES
 
-    problems = check_headers(load_scripts(), REPLIES)
+    if (argv if argv is not None else sys.argv[1:]) == ["--sync"]:
+        blocks = shared_blocks((lua_dir() / _SHARED_SOURCE).read_text(encoding="utf-8"))
+        for path in sorted(lua_dir().glob("*.lua")):
+            text = path.read_text(encoding="utf-8")
+            synced = sync_shared(text, blocks)
+            if synced != text:
+                path.write_text(synced, encoding="utf-8")
+                print(f"lua/{path.name}: shared blocks copied")
+        load_scripts.cache_clear()
+        return 0
+    problems = check_headers(load_scripts(), REPLIES) + check_shared(load_scripts())
     for p in problems:
         print(p, file=sys.stderr)
     print(f"lua headers: {len(load_scripts())} scripts, {len(problems)} problems")

@@ -25,7 +25,18 @@ from . import _lease as core
 from ._config import DAY, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
-from ._protocol import Call, noscript_indexes, parse_force_release, pipeline_commands, pipeline_replies
+from ._protocol import (
+    Call,
+    Transport,
+    call_command,
+    is_missing,
+    load_commands,
+    noscript_indexes,
+    parse_force_release,
+    pipeline_commands,
+    pipeline_replies,
+    unsupported,
+)
 from ._renewal import (
     ClusterRound,
     Node,
@@ -77,6 +88,34 @@ def _node_client(cluster: redis.Redis | RedisCluster, node: Node, timeout: float
     return redis.Redis(**kwargs)
 
 
+def _fcall(call: Call, client: redis.Redis | RedisCluster) -> Any:
+    """*call* over ``FCALL``; where the server lacks the library (``Function not found``), load it
+    there (``FUNCTION LOAD REPLACE``) and send the call once more."""
+    command = call_command(call, "functions")
+
+    def send() -> Any:
+        # On a cluster, straight to the key's node: left to route FCALL itself, redis-py first asks
+        # a node where its keys are (COMMAND GETKEYS), a round trip more for every call.
+        target: dict[str, Any] = {}
+        if isinstance(client, RedisCluster):
+            target["target_nodes"] = client.get_node_from_key(call.keys[0])  # type: ignore[no-untyped-call]
+        try:
+            return client.execute_command(*command, **target)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            error = unsupported(exc, "functions")
+            if error is not None:
+                raise error from exc
+            if not is_missing(exc):
+                raise
+        for load in load_commands([call.script], "functions"):
+            client.execute_command(*load, **target)  # type: ignore[no-untyped-call]
+        return client.execute_command(*command, **target)  # type: ignore[no-untyped-call]
+
+    if isinstance(client, RedisCluster):  # given its target, the cluster client would not retry: its policy here
+        return client.retry.call_with_retry(send, lambda _: None)
+    return send()
+
+
 class Registry:
     """The instance registry over a synchronous ``redis.Redis`` client.
 
@@ -93,6 +132,11 @@ class Registry:
         instance_id: this process's identity (default ``host:pid:random``); ``claim(reclaim=True)``
             takes over a record held by the same identity.
         hostname: reported host name (default: the OS's).
+        transport: ``"scripts"`` (default): every call is an ``EVALSHA`` of a ``lua/`` script;
+            ``"functions"``: an ``FCALL`` of the ``pylivermore_v<N>`` library built from the same
+            scripts (Redis >= 7.0 or Valkey; ACL: :func:`pylivermore.acl.worker_rules` with
+            ``transport="functions"``). Either way a server that lost them (restart, failover,
+            ``SCRIPT FLUSH`` / ``FUNCTION FLUSH``) gets them loaded again on the next call.
         resolver: called after each claim, in a background thread, to report the public address.
         clock: monotonic clock, for tests.
     """
@@ -109,6 +153,7 @@ class Registry:
         transitions: Mapping[State | str, Iterable[State | str]] | None = None,
         instance_id: str | None = None,
         hostname: str | None = None,
+        transport: Transport = "scripts",
         resolver: Resolver = no_address,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -121,6 +166,7 @@ class Registry:
             transitions=transitions,
             instance_id=instance_id,
             hostname=hostname,
+            transport=transport,
         )
         self._client = client
         self._beat_client = _bounded(client, self._config.heartbeat_timeout)
@@ -147,6 +193,8 @@ class Registry:
         return self._config.instance_id
 
     def _run(self, call: Call, client: redis.Redis | None = None) -> Any:
+        if self._config.transport == "functions":
+            return _fcall(call, client or self._client)
         return self._scripts[call.script](keys=call.keys, args=call.args, client=client or self._client)
 
     def _run_batch(
@@ -158,23 +206,30 @@ class Registry:
     ) -> list[Any]:
         """Send *calls*, then the *tail* commands, in one pipeline on *client*: each call's reply
         (or the exception that stands for it), then the tail's replies."""
-        replies = self._pipeline(client, calls, asking, tail)
+        transport = self._config.transport
+        replies = self._pipeline(client, calls, asking, tail, transport)
         missing = noscript_indexes(replies[: len(calls)])
-        if missing:  # the script cache was flushed: load and send those calls (and the tail) again, once
-            for name in {calls[i].script for i in missing}:
-                client.script_load(load_scripts()[name].source)
-            again = self._pipeline(client, [calls[i] for i in missing], asking, tail)
+        if missing:  # the server lost the scripts or the library: load, send those calls (and the tail) once more
+            for load in load_commands({calls[i].script for i in missing}, transport):
+                client.execute_command(*load)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            again = self._pipeline(client, [calls[i] for i in missing], asking, tail, transport)
             for i, reply in zip(missing, again, strict=False):
                 replies[i] = reply
             replies[len(calls) :] = again[len(missing) :]
+        if transport == "functions":  # a server without FCALL (Redis < 7.0): say so
+            replies[: len(calls)] = [unsupported(r, transport) or r for r in replies[: len(calls)]]
         return replies
 
     @staticmethod
     def _pipeline(
-        client: redis.Redis, calls: list[Call], asking: bool, tail: tuple[tuple[str | int, ...], ...]
+        client: redis.Redis,
+        calls: list[Call],
+        asking: bool,
+        tail: tuple[tuple[str | int, ...], ...],
+        transport: str = "scripts",
     ) -> list[Any]:
         pipe = client.pipeline(transaction=False)
-        for command in pipeline_commands(calls, asking, tail):
+        for command in pipeline_commands(calls, asking, tail, transport):
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         return pipeline_replies(pipe.execute(raise_on_error=False), len(calls), asking)
 
@@ -376,10 +431,10 @@ class Lease:
             lease_core.on_lost = lambda: on_lost(self)
 
     def __repr__(self) -> str:
-        return f"<Lease exchange={self.exchange_id} fencing_token={self.fencing_token} state={self.state.value}>"
+        return f"<Lease exchange={self.exchange_id} fencing_token={self.fencing_token} state={self.state}>"
 
     @property
-    def exchange_id(self) -> str:
+    def exchange_id(self) -> int | str:
         return self._core.exchange_id
 
     @property
@@ -393,7 +448,7 @@ class Lease:
         return self._core.fencing_token
 
     @property
-    def state(self) -> State:
+    def state(self) -> State | str:
         return self._core.state
 
     @property
@@ -413,7 +468,7 @@ class Lease:
     def _run(self, call: Call) -> Any:
         return self._registry._run(call)
 
-    def transition(self, to: State | str, *, expected: State | str | None = None) -> State:
+    def transition(self, to: State | str, *, expected: State | str | None = None) -> State | str:
         """Move to state *to*; with *expected*, only if the record is in that state now."""
         call = self._core.transition_call(to, expected, self._clock())
         return self._core.transition_done(self._run(call), call)

@@ -1,16 +1,29 @@
 """Least-privilege Redis ACL rules for pylivermore users.
 
-Workers need the scripts (``EVALSHA``, ``SCRIPT LOAD`` for NOSCRIPT recovery), the commands the
-scripts call (Redis checks every command inside a script against the caller's ACL), the
+Workers need the scripts (``EVALSHA``, ``SCRIPT LOAD`` for NOSCRIPT recovery: :data:`WORKER_COMMANDS`,
+``worker_rules(...)``), or over Redis Functions (``Registry(..., transport="functions")``) the
+library instead (``FCALL``, ``FUNCTION LOAD`` to load it again where a server lost it:
+:data:`FUNCTION_WORKER_COMMANDS`, ``worker_rules(..., transport="functions")``), the commands the
+scripts call (Redis checks every command inside a script or function against the caller's ACL), the
 readers' ``HGETALL``/``SCAN``/``XREVRANGE``, and what a Redis Cluster client sends to find its
 way (:data:`CLUSTER_COMMANDS`, on every topology). Dashboards only read. Neither gets
-``CONFIG``, ``DEBUG``, ``FLUSH*``, ``KEYS``, ``SCRIPT FLUSH`` or ``CLIENT`` (see
+``CONFIG``, ``DEBUG``, ``FLUSH*``, ``KEYS``, ``SCRIPT FLUSH``, ``FUNCTION FLUSH|DELETE|RESTORE`` or ``CLIENT`` (see
 :data:`CLIENT_SETINFO` for the one ``CLIENT`` subcommand redis-py sends). A Sentinel-managed
 client needs nothing more on the data nodes; on the Sentinel, see :data:`SENTINEL_CLIENT_COMMANDS`.
 
 Limitation: an ACL cannot say "only through the scripts": a worker allowed ``HSET`` for the
 scripts can also send ``HSET`` directly. The scripts treat what they read as untrusted (type
 and shape checks), and readers reject records that are not what the scripts write.
+
+Which transport: ``script|load`` lets a worker run code of its own, on its own calls only (a
+script is named by its SHA-1, so nobody can change what another worker's ``EVALSHA`` runs).
+``function|load`` lets it replace the ``pylivermore_v<N>`` library that *every* worker calls
+(``FUNCTION LOAD REPLACE``): grant it only where all workers are trusted alike. Functions are
+persisted (RDB/AOF) and replicated, unlike the script cache, so where an operator loads the library
+(``FUNCTION LOAD REPLACE "$(cat lua/functions/pylivermore.lua)"`` on every master, again after
+each ``FUNCTION FLUSH``), workers may run with ``+fcall`` alone: drop ``+function|load`` from
+:data:`FUNCTION_WORKER_COMMANDS`, and a call that finds the library missing fails with
+``NOPERM`` for ``function|load`` instead of loading it.
 
 Example, for the default namespace::
 
@@ -23,7 +36,7 @@ from __future__ import annotations
 #: Commands the Lua scripts call (checked against lua/*.lua by a test).
 SCRIPT_COMMANDS = (
     "type", "get", "set", "del", "exists", "time",
-    "hmget", "hset", "hdel", "hgetall", "pttl", "pexpire",
+    "hmget", "hset", "hdel", "pttl", "pexpire",
     "xadd", "xrevrange",
 )  # fmt: skip
 
@@ -55,15 +68,34 @@ CLIENT_SETINFO = ("client|setinfo",)
 #: reads and writes nothing.
 DURABLE_COMMANDS = ("wait",)
 
-#: Everything a worker process needs. ``info`` is optional: it lets the registry check
-#: ``maxmemory-policy`` on first use (``CONFIG`` is deliberately not granted).
+#: How a worker calls the scripts (``transport="scripts"``, the default): ``EVALSHA``, and ``SCRIPT
+#: LOAD`` to load a script again after ``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``).
+SCRIPT_TRANSPORT = ("evalsha", "script|load")
+
+#: How a worker calls the functions (``transport="functions"``, Redis >= 7.0): ``FCALL``, and
+#: ``FUNCTION LOAD`` to load the library again after ``Function not found``. Redis 6.2 refuses a
+#: rule that names them (unknown commands).
+FUNCTION_TRANSPORT = ("fcall", "function|load")
+
+#: What the readers (``get``, ``instances``, ``activity``) send; workers read too.
+READ_COMMANDS = ("hgetall", "scan", "xrevrange")
+
+#: Everything a worker process needs (over the scripts). ``info`` is optional: it lets the registry
+#: check ``maxmemory-policy`` on first use (``CONFIG`` is deliberately not granted).
 WORKER_COMMANDS = (
-    "ping", "hello", "evalsha", "script|load", "scan", "info",
+    "ping", "hello", *SCRIPT_TRANSPORT, "info", *READ_COMMANDS,
+    *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS,
+)  # fmt: skip
+
+#: Everything a worker process needs over Redis Functions: :data:`WORKER_COMMANDS` with
+#: :data:`FUNCTION_TRANSPORT` instead of :data:`SCRIPT_TRANSPORT`.
+FUNCTION_WORKER_COMMANDS = (
+    "ping", "hello", *FUNCTION_TRANSPORT, "info", *READ_COMMANDS,
     *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS,
 )  # fmt: skip
 
 #: A read-only dashboard: ``get``, ``instances`` and ``activity``.
-DASHBOARD_COMMANDS = ("ping", "hello", "hgetall", "scan", "xrevrange", *CLUSTER_COMMANDS)
+DASHBOARD_COMMANDS = ("ping", "hello", *READ_COMMANDS, *CLUSTER_COMMANDS)
 
 
 #: A Sentinel-managed client (redis-py's ``Sentinel.master_for``, sync and asyncio) sends the data
@@ -82,9 +114,13 @@ def _rules(keys: str, password: str | None, commands: tuple[str, ...]) -> list[s
     return ["on", *auth, "resetkeys", keys, "resetchannels", "-@all", *(f"+{c}" for c in commands)]
 
 
-def worker_rules(namespace: str = "exchange", password: str | None = None) -> list[str]:
-    """ACL SETUSER rules for a worker of *namespace* (read and write its keys only)."""
-    return _rules(f"~{namespace}:*", password, WORKER_COMMANDS)
+def worker_rules(namespace: str = "exchange", password: str | None = None, transport: str = "scripts") -> list[str]:
+    """ACL SETUSER rules for a worker of *namespace* (read and write its keys only) whose registry
+    uses *transport* (``"scripts"``: :data:`WORKER_COMMANDS`; ``"functions"``: :data:`FUNCTION_WORKER_COMMANDS`)."""
+    if transport not in ("scripts", "functions"):
+        raise ValueError(f"transport must be 'scripts' or 'functions', not {transport!r}")
+    commands = FUNCTION_WORKER_COMMANDS if transport == "functions" else WORKER_COMMANDS
+    return _rules(f"~{namespace}:*", password, commands)
 
 
 def dashboard_rules(namespace: str = "exchange", password: str | None = None) -> list[str]:

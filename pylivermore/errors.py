@@ -28,7 +28,7 @@ class ClaimConflictError(LivermoreError):
 
     def __init__(
         self,
-        exchange_id: str,
+        exchange_id: int | str,
         holder: InstanceStatus | Sequence[bytes | str] | Mapping[str, str] | None,
         ttl: float,
     ) -> None:
@@ -47,7 +47,7 @@ class ClaimConflictError(LivermoreError):
         if raw is None or isinstance(raw, InstanceStatus):
             return raw
         try:
-            decoded = decode_status(raw if isinstance(raw, Mapping) else pairs_to_dict(raw), self.exchange_id)
+            decoded = decode_status(raw if isinstance(raw, Mapping) else pairs_to_dict(raw), str(self.exchange_id))
         except CorruptStatusError:
             decoded = None
         self._holder = decoded
@@ -57,7 +57,7 @@ class ClaimConflictError(LivermoreError):
         h = self.holder
         who = (
             f"{h.hostname} (IP: {h.ip_address or 'unknown'}, connected since {h.connected_at or 'never'}, "
-            f"state {h.connection_state.value}, instance {h.instance_id})"
+            f"state {h.connection_state}, instance {h.instance_id})"
             if h is not None
             else "another instance"
         )
@@ -75,7 +75,7 @@ class LeaseLostError(LivermoreError):
     can no longer be assumed) or ``"released"`` (this process released it).
     """
 
-    def __init__(self, exchange_id: str, reason: str) -> None:
+    def __init__(self, exchange_id: int | str, reason: str) -> None:
         super().__init__(exchange_id, reason)
         self.exchange_id = exchange_id
         self.reason = reason
@@ -100,7 +100,7 @@ class InvalidTransitionError(LivermoreError, ValueError):
     ``expected`` (the compare-and-set state the caller gave, or ``None``).
     """
 
-    def __init__(self, exchange_id: str, current: str, requested: str, expected: str | None = None) -> None:
+    def __init__(self, exchange_id: int | str, current: str, requested: str, expected: str | None = None) -> None:
         super().__init__(exchange_id, current, requested, expected)
         self.exchange_id = exchange_id
         self.current = current
@@ -144,7 +144,7 @@ class NotReplicatedError(LivermoreError):
     (seconds waited); ``__cause__`` holds the error of a ``WAIT`` that failed.
     """
 
-    def __init__(self, exchange_id: str, replicas: int, acknowledged: int, timeout: float) -> None:
+    def __init__(self, exchange_id: int | str, replicas: int, acknowledged: int, timeout: float) -> None:
         super().__init__(exchange_id, replicas, acknowledged, timeout)
         self.exchange_id = exchange_id
         self.replicas = replicas

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "unit" not in Path(str(item.fspath)).relative_to(HERE).parts:
             item.add_marker(pytest.mark.redis)
+
+
+#: Lines the suite's long runs report (the mixed-language run's intervals and handoffs, the conformance
+#: vectors' counts), shown after the test summary so that a passing CI run shows its numbers too.
+_REPORTS: list[str] = []
+
+
+@pytest.fixture
+def report() -> Callable[[str], None]:
+    """``report(line)``: show *line* in the terminal summary, whether the test passes or not."""
+    return _REPORTS.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _REPORTS:
+        terminalreporter.section("pylivermore reports")
+        for line in _REPORTS:
+            terminalreporter.write_line(line)
 
 
 def _require_binary() -> None:

@@ -45,15 +45,29 @@ Checks, per resource (each violation is a :class:`Violation` with ``kind``, ``re
     (``store_stale_accept``). The unfenced variant is measured the same way, as information,
     and so are writes sent after their owner's belief had ended (a pause or a delay between
     ``ensure_held()`` and the write): the fencing token, not the lease, must stop those.
-(e) transitions and deregisters: every acknowledged one is in the log exactly once
-    (``transition_lost`` / ``transition_duplicate``), a failed one never
-    (``transition_failed_logged``), an unknown one at most once; every logged request id comes
-    from the history (``transition_phantom``) and matches its target state and token
-    (``transition_mismatch``). Operations that completed between the last read of a segment and
-    the restart that wiped it are skipped and counted in ``notes``.
-(f) ``log_replay``: folding the log (claim -> idle, transitions along allowed edges by the
-    holder's token, deregister -> nothing) gives the status record of every snapshot (a missing
-    record is accepted: it may have expired, which the log cannot show).
+(e) transitions and deregisters, each call identified as contract v2 identifies it: a transition
+    by its lease (the resource, the lease's fencing token and instance id) and the ``seq`` it was
+    sent with (the runner records it in a ``send`` event from the call that went out; a retry of
+    the call re-sends the same seq), a deregister by its lease alone (one per lease; its entry
+    carries no seq). Every acknowledged one is in the log exactly once (``transition_lost`` /
+    ``transition_duplicate``: a replay applied twice shows as two entries of one call), a failed
+    one never, nor a release acknowledged as "not released" while its lease's ``deregister``
+    entry was among the 16 newest at the reply (``transition_failed_logged``), an unknown one at
+    most once; every logged transition, error and deregister comes from a call in the history
+    (``transition_phantom``) and a transition matches its target state
+    (``transition_mismatch``); an acknowledged transition whose seq was not recorded is a harness
+    gap (``transition_unidentified``); the calls of one lease carry strictly increasing seqs in
+    the order they were invoked (``seq_not_increasing``: a reused seq would be answered REPLAYED,
+    never applied). A ``replay`` (the runner re-sends one of a lease's earlier transition calls
+    unchanged) is answered REPLAYED, or EXPIRED/TAKEN once the lease is gone, never applied
+    (``replay_applied``), and adds no entry (``transition_duplicate`` of its call). Operations that
+    completed between the last read of a segment and the restart that wiped it are skipped and
+    counted in ``notes``.
+(f) ``log_replay``: folding the log (claim -> idle with seq 0, transitions along allowed edges by
+    the holder's token, each with a seq higher than the holder's last applied one, deregister ->
+    nothing) gives the status record of every snapshot: token, state and, where the record has
+    it, its last applied ``seq`` (a missing record is accepted: it may have expired, which the log
+    cannot show).
 (g) ``dead_token``: once a lease is dead (released by its owner, reported expired/taken by the
     server, wiped by a restart, or superseded by a claim invoked after its own claim was
     acknowledged), no operation of it invoked later succeeds.
@@ -185,7 +199,9 @@ class Op:
     t_done: int | None
     type: str  # ok | fail | unknown
     value: dict[str, Any]
-    rid: str | None = None
+    seq: int | None = None  # the seq a transition was sent with (its ``send`` event)
+    fencing: int | None = None  # the fencing token a deregister was sent with (its ``send`` event)
+    reply: str | None = None  # the script's status word for a transition or deregister (its ``reply`` event)
 
 
 @dataclass
@@ -253,17 +269,19 @@ class Model:
 
     def _pair(self, records: list[dict[str, Any]]) -> None:
         invokes: dict[tuple[str, int], Op] = {}
-        sends: dict[tuple[str, int], str] = {}
+        sends: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        replies: dict[tuple[str, int], str] = {}
         self.sent_at: dict[tuple[str, int], int] = {}
         for r in sorted(records, key=lambda r: int(r["t"])):
             kind = r.get("type")
             key = (str(r.get("proc")), int(r.get("op") or 0))
             if kind == "event":
                 self.events.append(r)
-                if r.get("f") == "send" and r.get("value", {}).get("rid"):
-                    sends[key] = str(r["value"]["rid"])
                 if r.get("f") == "send":
+                    sends[key].append(dict(r.get("value") or {}))
                     self.sent_at.setdefault(key, int(r["t"]))
+                elif r.get("f") == "reply":
+                    replies[key] = str((r.get("value") or {}).get("word"))
                 continue
             if kind == "invoke":
                 op = Op(
@@ -290,12 +308,23 @@ class Model:
                     op.lease = r["lease"]
                 if r.get("token") is not None:
                     op.token = r["token"]
-        for key, rid in sends.items():
+        self.multi_send: list[Op] = []  # one operation, several calls: the checker cannot tell them apart
+        for key, sent in sends.items():
+            sender = invokes.get(key)
+            if sender is None:
+                continue
+            seqs = {int(v["seq"]) for v in sent if v.get("seq") is not None}
+            fencing = {int(v["fencing"]) for v in sent if v.get("fencing") is not None}
+            if len(seqs) > 1 or len(fencing) > 1:
+                self.multi_send.append(sender)
+            sender.seq = min(seqs) if seqs else None
+            sender.fencing = min(fencing) if fencing else None
+        for key, word in replies.items():
             if key in invokes:
-                invokes[key].rid = rid
-        for op in self.ops:
-            if op.rid is None and op.value.get("rid"):
-                op.rid = str(op.value["rid"])
+                invokes[key].reply = word
+        for op in self.ops:  # a history written without send events (hand-made) may carry them in the value
+            if op.seq is None and op.value.get("seq") is not None:
+                op.seq = int(op.value["seq"])
 
     def _proc_ends(self, records: list[dict[str, Any]]) -> dict[str, int]:
         end: dict[str, int] = {}
@@ -599,53 +628,161 @@ def _loss_windows(m: Model, segs: dict[str, dict[int, dict[str, Any]]]) -> list[
     return windows
 
 
+#: A deregister retried after it was applied answers REPLAYED while its entry is among this many
+#: newest entries of the log (contract v2); further back it may answer TAKEN.
+DEREGISTER_REPLAY_WINDOW = 16
+#: What a late duplicate of an answered transition may get: never applied again.
+REPLAY_ANSWERS = frozenset({"REPLAYED", "EXPIRED", "TAKEN"})
+
+
+def _call_key(e: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The call a log entry records: (kind, resource, fencing token, instance id[, seq]), or None
+    for an entry no owner call writes (claim, force_release)."""
+    ev = e.get("event")
+    lease = (str(e.get("exchangeId")), int(e.get("fencingToken") or 0), str(e.get("instanceId") or ""))
+    if ev in ("state_transition", "error"):
+        return ("call", *lease, None if e.get("seq") is None else int(e["seq"]))
+    if ev == "deregister":
+        return ("deregister", *lease)
+    return None
+
+
 def check_transitions(m: Model, segs: dict[str, dict[int, dict[str, Any]]], rep: Report) -> None:
     """(e)"""
-    logged: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    logged: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    position: dict[str, tuple[int, list[dict[str, Any]], int]] = {}  # entry id -> (segment, its entries, index)
     for res_segs in segs.values():
-        for seg in res_segs.values():
-            for e in seg["entries"]:
-                if e.get("event") in ("state_transition", "deregister") and e.get("requestId"):
-                    logged[str(e["requestId"])].append(e)
-    windows = _loss_windows(m, segs)
-    known: set[str] = set()
+        for k, seg in res_segs.items():
+            for i, e in enumerate(seg["entries"]):
+                entry_key = _call_key(e)
+                if entry_key is None:
+                    continue
+                if entry_key[0] == "call" and entry_key[-1] is None:
+                    rep.add(
+                        "transition_phantom",
+                        str(e.get("exchangeId")),
+                        problem="a logged call without a seq",
+                        event=e.get("event"),
+                        entry=e.get("id"),
+                    )
+                    continue
+                logged[entry_key].append(e)
+                position[str(e["id"])] = (k, seg["entries"], i)
+    for op in m.multi_send:
+        rep.add("transition_unidentified", op.resource, op=f"{op.proc}/{op.op}", f=op.f, problem="sent more than once")
+    loss = _loss_windows(m, segs)
+    slack = m.tol_ms + 1  # the entry's server time (whole ms) against the client's clock
+
+    def during(op: Op, key: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """The entries of *op*'s call written while it was in flight: from its invoke on, until its
+        reply (an unanswered call may still be applied later, by a server that was paused)."""
+        lo = m.mono_to_wall_ms(op.t_invoke) - slack
+        answered = op.type in ("ok", "fail") and op.t_done is not None
+        hi = m.mono_to_wall_ms(op.t_done or 0) + slack if answered else float("inf")
+        return [e for e in logged.get(key, []) if lo <= _iso_ms(str(e["timestamp"])) <= hi]
+
+    matched: set[str] = set()
+    by_lease: dict[str, list[Op]] = defaultdict(list)
     for op in m.ops:
-        if op.f not in ("transition", "release"):
+        if op.f not in ("transition", "release", "replay"):
             continue
-        if op.rid is None:
-            if op.type == "ok" and (op.f == "transition" or op.value.get("released")):
-                rep.notes["acked_without_request_id"] += 1
+        lease = m.leases.get(op.lease or "")
+        what: dict[str, Any] = {"op": f"{op.proc}/{op.op}", "f": op.f, "lease": op.lease}
+        acked = op.type == "ok" and (op.f == "transition" or bool(op.value.get("released")))
+        if lease is None:
+            rep.notes["transition_of_unknown_lease"] += 1
             continue
-        known.add(op.rid)
-        entries = logged.get(op.rid, [])
-        what = {"op": f"{op.proc}/{op.op}", "f": op.f, "lease": op.lease, "request_id": op.rid}
+        ident = (lease.resource, lease.token, lease.instance)
+        if op.f == "release":
+            key: tuple[Any, ...] = ("deregister", *ident)
+            if op.fencing is not None and op.fencing != lease.token:
+                rep.add("transition_mismatch", op.resource, **what, sent_fencing=op.fencing, token=lease.token)
+        else:
+            if op.seq is None:
+                if acked or (op.f == "replay" and op.type == "ok"):  # answered, but not seen going out
+                    rep.add("transition_unidentified", op.resource, **what, problem="acknowledged without a seq")
+                continue  # refused before it was sent (no seq taken) or never sent
+            key = ("call", *ident, op.seq)
+            what["seq"] = op.seq
+        entries = during(op, key)
+        matched.update(str(e["id"]) for e in entries)
+        if op.f == "replay":
+            rep.notes[f"replay_answered_{op.value.get('reply') or op.type}"] += 1
+            if (op.type == "ok" and op.value.get("reply") not in REPLAY_ANSWERS) or entries:
+                rep.add("replay_applied", op.resource, **what, reply=op.value.get("reply"), entries=len(entries))
+            continue
+        if op.f == "transition":
+            by_lease[lease.id].append(op)
+        rep.notes[f"{op.f}_logged_{min(len(entries), 2)}x"] += 1
+        if op.reply == "REPLAYED":  # a retry of a call already applied: the entry of its first attempt
+            rep.notes[f"{op.f}_answered_replayed"] += 1
         if len(entries) > 1:
             rep.add("transition_duplicate", op.resource, count=len(entries), **what)
-        acked = op.type == "ok" and (op.f == "transition" or bool(op.value.get("released")))
         if acked and not entries:
             done = op.t_done or 0
-            if any(lo <= done and op.t_invoke <= hi for lo, hi in windows):
+            if any(lo <= done and op.t_invoke <= hi for lo, hi in loss):
                 rep.notes["acked_in_data_loss_window"] += 1
             else:
                 rep.add("transition_lost", op.resource, **what, to=op.value.get("to"))
         if op.type == "fail" and entries:
             rep.add("transition_failed_logged", op.resource, **what, error=op.value.get("error"))
-        lease = m.leases.get(op.lease or "")
+        if op.f == "release" and op.type == "ok" and not op.value.get("released") and entries:
+            # TAKEN/EXPIRED after the release was applied: only allowed once the entry had fallen
+            # out of the window a REPLAYED answer looks in (or a restart wiped the log). Entries
+            # logged after the reply (server time after it, with the clock tolerance) cannot have
+            # pushed it out.
+            k, seg_entries, i = position[str(entries[0]["id"])]
+            reply_ms = m.mono_to_wall_ms(op.t_done or 0) + slack
+            newer = sum(1 for e in seg_entries[i + 1 :] if _iso_ms(str(e["timestamp"])) <= reply_ms)
+            if k != m.segment_of(op.t_done or 0):
+                rep.notes["release_answered_after_restart"] += 1
+            elif newer < DEREGISTER_REPLAY_WINDOW:
+                rep.add(
+                    "transition_failed_logged",
+                    op.resource,
+                    **what,
+                    problem="answered not released, yet its deregister is logged",
+                    newer_entries=newer,
+                )
         for e in entries:
-            bad_token = lease is not None and int(e.get("fencingToken") or 0) != lease.token
-            bad_to = op.f == "transition" and e.get("toState") != op.value.get("to")
-            if bad_token or bad_to:
+            if op.f == "transition" and e.get("toState") != op.value.get("to"):
                 rep.add(
                     "transition_mismatch",
                     op.resource,
                     **what,
                     to=op.value.get("to"),
                     logged_to=e.get("toState"),
-                    logged_token=e.get("fencingToken"),
+                    logged_event=e.get("event"),
                 )
-    for rid, entries in logged.items():
-        if rid not in known:
-            rep.add("transition_phantom", str(entries[0].get("exchangeId")), request_id=rid, event=entries[0]["event"])
+    for lease_id, ops in by_lease.items():
+        ordered = sorted(ops, key=lambda o: (o.t_invoke, o.op))
+        for prev, cur in itertools.pairwise(ordered):
+            if cur.seq is not None and prev.seq is not None and cur.seq <= prev.seq:
+                rep.add(
+                    "seq_not_increasing",
+                    cur.resource,
+                    lease=lease_id,
+                    op=f"{cur.proc}/{cur.op}",
+                    seq=cur.seq,
+                    previous_op=f"{prev.proc}/{prev.op}",
+                    previous_seq=prev.seq,
+                )
+    for entries in logged.values():
+        for e in entries:
+            if str(e["id"]) not in matched:  # no call of the history, or applied outside its call's time
+                rep.add(
+                    "transition_phantom",
+                    str(e.get("exchangeId")),
+                    event=e.get("event"),
+                    entry=e.get("id"),
+                    token=e.get("fencingToken"),
+                    instance=e.get("instanceId"),
+                    seq=e.get("seq"),
+                )
+
+
+#: What folding the log says of the record: (fencing token, state, last applied seq).
+Holder = tuple[int, str, int]
 
 
 def check_replay(m: Model, segs: dict[str, dict[int, dict[str, Any]]], rep: Report) -> None:
@@ -658,7 +795,7 @@ def check_replay(m: Model, segs: dict[str, dict[int, dict[str, Any]]], rep: Repo
             todo = sorted(
                 snaps.get((res, k), []), key=lambda s: _stream_id(s["last_id"]) if s.get("last_id") else (0, 0)
             )
-            holder: tuple[int, str] | None = None
+            holder: Holder | None = None
             entries = seg["entries"]
             i = 0
             for snap in todo:
@@ -675,40 +812,57 @@ def check_replay(m: Model, segs: dict[str, dict[int, dict[str, Any]]], rep: Repo
                     if holder is not None:
                         rep.notes["replay_record_absent_expired_or_lost"] += 1
                     continue
-                got = (int(status.get("fencingToken") or 0), str(status.get("connectionState")))
-                if holder is None or got != holder:
+                got: tuple[Any, ...] = (int(status.get("fencingToken") or 0), str(status.get("connectionState")))
+                want: tuple[Any, ...] | None = holder[:2] if holder else None
+                if status.get("seq") is not None:  # a record that keeps its last applied seq (contract v2)
+                    got += (int(status["seq"]),)
+                    want = holder
+                if holder is None or got != want:
                     rep.add(
                         "log_replay",
                         res,
                         segment=k,
                         snapshot_at=snap.get("t"),
                         record=list(got),
-                        replayed=list(holder) if holder else None,
+                        replayed=list(want) if want else None,
                     )
             while i < len(entries):
                 holder = _fold(res, k, holder, entries[i], rep)
                 i += 1
 
 
-def _fold(res: str, k: int, holder: tuple[int, str] | None, e: dict[str, Any], rep: Report) -> tuple[int, str] | None:
+def _fold(res: str, k: int, holder: Holder | None, e: dict[str, Any], rep: Report) -> Holder | None:
     ev = e.get("event")
     token = int(e.get("fencingToken") or 0)
     if ev == "claim":
-        return (token, "idle")
-    if ev == "state_transition":
+        return (token, "idle", 0)
+    if ev in ("state_transition", "error"):
+        seq = None if e.get("seq") is None else int(e["seq"])
         frm, to = str(e.get("fromState")), str(e.get("toState"))
-        if holder is None or holder[0] != token or holder[1] != frm or (frm, to) not in EDGES:
+        problem = None
+        if holder is None or holder[0] != token:
+            problem = f"{ev} by a non-holder"
+        elif ev == "state_transition" and (holder[1] != frm or (frm, to) not in EDGES):
+            problem = "transition does not follow the holder's state"
+        elif seq is not None and seq <= holder[2]:
+            problem = "seq not higher than the holder's last applied seq: a replay was applied"
+        if problem is not None:
             rep.add(
                 "log_replay",
                 res,
                 segment=k,
                 entry=e.get("id"),
-                problem="transition does not follow the holder's state",
+                problem=problem,
                 holder=list(holder) if holder else None,
                 entry_token=token,
-                transition=f"{frm}>{to}",
+                entry_seq=seq,
+                transition=f"{frm}>{to}" if ev == "state_transition" else None,
             )
-        return (token, to)
+        ours = holder is not None and holder[0] == token
+        last = max(seq or 0, holder[2] if holder is not None and ours else 0)
+        if ev == "error":  # changes no state
+            return (holder[0], holder[1], last) if holder is not None and ours else holder
+        return (token, to, last)
     if ev == "deregister":
         if holder is None or holder[0] != token:
             rep.add("log_replay", res, segment=k, entry=e.get("id"), problem="deregister by a non-holder", token=token)

@@ -11,11 +11,14 @@ deadline: claim a resource (after a conflict, a short random pause, then the nex
 walk idle -> starting -> warming -> active, add unique items to the fenced store under the lease
 (pylivermore: only while ``ensure_held()`` passes; every write carries the lease's fencing
 token; a random delay of up to 50 ms between the check and the write lets pauses land inside
-the critical section), sometimes keep holding for a while, walk stopping -> stopped, release
-(a worker whose write was fenced off releases at once). Every operation is
-recorded as ``invoke`` then ``ok`` / ``fail`` / ``unknown`` with ``time.monotonic_ns()`` into the
-worker's own JSON-lines file (heartbeats too: pylivermore's are recorded where the registry
-sends them, the seed port's through its heartbeat observer).
+the critical section), sometimes keep holding for a while, (pylivermore) sometimes re-send one
+of its earlier transition calls unchanged (a late duplicate: the same token and seq), walk
+stopping -> stopped, release (a worker whose write was fenced off releases at once). Every
+operation is recorded as ``invoke`` then ``ok`` / ``fail`` / ``unknown`` with
+``time.monotonic_ns()`` into the worker's own JSON-lines file (heartbeats too: pylivermore's are
+recorded where the registry sends them, the seed port's through its heartbeat observer), and
+each transition's ``seq`` and each deregister's fencing token in a ``send`` event as it goes out
+(``checker.py`` identifies the calls in the activity log by them).
 
 Faults, drawn with ``random.Random(--seed)`` (``--schedule forced`` starts with every kind in a
 fixed order, ``random`` with every kind in a seeded order; both continue at random):
@@ -103,6 +106,7 @@ NAMESPACE = "chaos"
 ADMIN_USER = "chaos-admin"
 ADMIN_ENV = "PYLIVERMORE_CHAOS_ADMIN_PASSWORD"
 SNAPSHOT_EVERY = 2.0
+REPLAY_P = 0.3  # a holder re-sends one of its earlier transition calls, unchanged, before stopping
 WORKER_GRACE = 5.0  # a worker exits by itself at most this long after its deadline
 FORCED: tuple[tuple[str, str | None], ...] = (
     ("owner_kill", None),
@@ -249,9 +253,11 @@ class Handle(Protocol):
     resource: str
     token: int
 
-    def transition(self, to: str, op: int, rid: str) -> str: ...
+    def transition(self, to: str, op: int) -> str: ...
     def ensure_held(self) -> None: ...
-    def release(self, op: int, rid: str) -> bool: ...
+    def release(self, op: int) -> bool: ...
+    def sent(self) -> list[str]: ...
+    def replay(self, index: int, op: int) -> str: ...
 
 
 class Owner(Protocol):
@@ -265,8 +271,11 @@ class RecordingRegistry(Registry):
 
     Every script call goes out through ``Registry._run`` (one call) or ``Registry._run_batch`` (the
     heartbeat loop's ``renew_many`` calls, pipelined), so overriding both records each lease's
-    heartbeat as invoke/ok/fail/unknown, and the request id of each transition and deregister
-    before it is sent (the library makes them up). The owner secret is only used as a dict key,
+    heartbeat as invoke/ok/fail/unknown, and, in a ``send`` event right before it goes out, the
+    ``seq`` of each transition (the lease numbers its calls itself) and the fencing token each
+    deregister names: with the lease's fencing token they identify the call in the activity log.
+    A retry of the same call (redis-py's, after a timeout or a reset) re-sends the same arguments
+    inside one ``_run``, so it carries the same seq. The owner secret is only used as a dict key,
     never written.
     If the library ever sent heartbeats another way, the checker's ``acted_after_deadline`` check
     would flag it (a lease held past its claim's deadline with no recorded renewal).
@@ -305,16 +314,24 @@ class RecordingRegistry(Registry):
         for (op, where), one in zip(sent, each, strict=True):
             self._beat_done(op, where, one)
 
-    def _run_batch(self, calls: list[Call], client: redis.Redis) -> list[Any]:
+    def _run_batch(
+        self,
+        calls: list[Call],
+        client: redis.Redis,
+        asking: bool = False,
+        tail: tuple[tuple[str | int, ...], ...] = (),
+    ) -> list[Any]:
+        # (A claim goes through here only on a cluster or as a durable claim, neither of which the
+        # chaos run uses: its claims go through _run below.)
         sent = [self._beats_sent(call) if call.script in ("heartbeat", "renew_many") else None for call in calls]
         try:
-            replies = super()._run_batch(calls, client)
+            replies = super()._run_batch(calls, client, asking, tail)
         except BaseException as exc:
             for call, s in zip(calls, sent, strict=True):
                 if s is not None:
                     self._beats_done(call, s, exc)
             raise
-        for call, s, reply in zip(calls, sent, replies, strict=True):
+        for call, s, reply in zip(calls, sent, replies[: len(calls)], strict=True):  # then the tail's replies
             if s is not None:
                 self._beats_done(call, s, reply)
         return replies
@@ -330,13 +347,18 @@ class RecordingRegistry(Registry):
                 raise
             self._beats_done(call, sent, reply)
             return reply
-        if call.script in ("transition", "deregister"):
-            rec.event("send", op=getattr(self.ctx, "op", None), rid=call.args[1], script=call.script)
+        if call.script == "transition":  # ARGV = token, seq, to, expected
+            rec.event("send", op=getattr(self.ctx, "op", None), seq=int(call.args[1]), script=call.script)
+            self.ctx.call = call
+        elif call.script == "deregister":  # ARGV = token, fencing_token
+            rec.event("send", op=getattr(self.ctx, "op", None), fencing=int(call.args[1]), script=call.script)
         elif call.script == "claim":  # right after the library took its send time
             rec.event("send", op=getattr(self.ctx, "op", None), script=call.script)
         reply = super()._run(call, client)
         if call.script == "claim" and _word(reply) == "CLAIMED":
             self.leases[call.args[0]] = (self.ctx.lease_id, int(reply[1]), call.args[2])
+        elif call.script in ("transition", "deregister"):  # OK/RELEASED, or REPLAYED: a retry's answer
+            rec.event("reply", op=getattr(self.ctx, "op", None), word=_word(reply), script=call.script)
         return reply
 
 
@@ -348,16 +370,32 @@ class PylivermoreHandle:
         self.resource = resource
         self.token = lease.fencing_token
 
-    def transition(self, to: str, op: int, rid: str) -> str:
-        self.registry.ctx.op = op  # the library makes up its own request id: recorded by _run
-        return self.lease.transition(to).value
+        self.calls: list[Call] = []  # this lease's transition calls, as they went out
+
+    def transition(self, to: str, op: int) -> str:
+        self.registry.ctx.op = op  # the lease picks the call's seq itself: recorded by _run
+        self.registry.ctx.call = None
+        try:
+            return str(self.lease.transition(to))  # a State is a StrEnum: its value
+        finally:
+            if self.registry.ctx.call is not None:
+                self.calls.append(self.registry.ctx.call)
 
     def ensure_held(self) -> None:
         self.lease.ensure_held()
 
-    def release(self, op: int, rid: str) -> bool:
+    def release(self, op: int) -> bool:
         self.registry.ctx.op = op
         return self.lease.release()
+
+    def sent(self) -> list[str]:
+        return [call.args[2] for call in self.calls]
+
+    def replay(self, index: int, op: int) -> str:
+        """Send the *index*-th transition call of this lease again, byte for byte (its token and
+        seq): a late duplicate of a call already answered. Its reply's status word."""
+        self.registry.ctx.op = op
+        return _word(self.registry._run(self.calls[index]))
 
 
 class PylivermoreOwner:
@@ -405,20 +443,30 @@ class PylivermoreOwner:
 
 
 class SeedHandle:
-    def __init__(self, lease: SeedLease, lease_id: str, resource: str) -> None:
+    def __init__(self, lease: SeedLease, lease_id: str, resource: str, rec: Recorder) -> None:
         self.lease = lease
         self.lease_id = lease_id
         self.resource = resource
         self.token = lease.fencing_token
+        self.rec = rec
 
-    def transition(self, to: str, op: int, rid: str) -> str:
-        return self.lease.transition(to, request_id=rid)
+    def transition(self, to: str, op: int) -> str:
+        seq = self.lease.next_seq()  # the label of its log entry, recorded as pylivermore's are
+        self.rec.event("send", op=op, seq=seq, script="transition")
+        return self.lease.transition(to, seq=seq)
 
     def ensure_held(self) -> None:
         self.lease.ensure_held()
 
-    def release(self, op: int, rid: str) -> bool:
-        return self.lease.release(request_id=rid)
+    def release(self, op: int) -> bool:
+        self.rec.event("send", op=op, fencing=self.token, script="deregister")
+        return self.lease.release()
+
+    def sent(self) -> list[str]:
+        return []  # the seed has no replay protection to probe
+
+    def replay(self, index: int, op: int) -> str:
+        raise NotImplementedError("the seed port sends no calls that could be replayed")
 
 
 class SeedOwner:
@@ -450,7 +498,7 @@ class SeedOwner:
     def claim(self, resource: str, lease_id: str, op: int) -> Handle:
         lease = self.registry.claim(resource, f"Exchange{resource}")
         self.labels[id(lease)] = (lease_id, resource)
-        return SeedHandle(lease, lease_id, resource)
+        return SeedHandle(lease, lease_id, resource, self.rec)
 
     def classify(self, exc: BaseException) -> tuple[str, str]:
         if isinstance(exc, SeedConflictError):
@@ -536,22 +584,16 @@ class Worker:
 
     def step(self, h: Handle, to: str) -> bool:
         where: dict[str, Any] = {"resource": h.resource, "lease": h.lease_id, "token": h.token}
-        rid = self.request_id()
-        op = self.rec.invoke("transition", **where, to=to, **rid)
+        op = self.rec.invoke("transition", **where, to=to)
         CountingBackoff.clear()
         try:
-            state = h.transition(to, op, rid.get("rid", ""))
+            state = h.transition(to, op)
         except (LivermoreError, RedisError, SeedNotHeldError, SeedInvalidTransitionError) as exc:
             kind, error = self._outcome(exc)
             self.rec.done(op, kind, "transition", **where, error=error)
             return False
         self.rec.done(op, "ok", "transition", **where, state=state)
         return True
-
-    def request_id(self) -> dict[str, Any]:
-        """The seed port takes the caller's request id; pylivermore makes up its own (recorded
-        by :class:`RecordingRegistry` in a ``send`` event)."""
-        return {"rid": f"{self.proc}-{secrets.token_hex(4)}"} if self.spec["impl"] == "seed" else {}
 
     def write(self, h: Handle) -> bool:
         where: dict[str, Any] = {"resource": h.resource, "lease": h.lease_id, "token": h.token}
@@ -597,19 +639,37 @@ class Worker:
                     break
                 done += 1
                 self.sleep(self.rng.uniform(0.03, 0.15))
+        if ok and self.alive() and self.rng.random() < REPLAY_P:
+            self.replay(h)
         if ok and self.alive():
             for to in ("stopping", "stopped"):
                 if not self.step(h, to):
                     break
         self.release(h)
 
-    def release(self, h: Handle) -> None:
+    def replay(self, h: Handle) -> None:
+        """Send one of the lease's earlier transition calls again, unchanged (the checker expects
+        REPLAYED, or the loss of the lease, and never a second log entry of that call)."""
+        sent = h.sent()
+        if not sent:
+            return
         where: dict[str, Any] = {"resource": h.resource, "lease": h.lease_id, "token": h.token}
-        rid = self.request_id()
-        op = self.rec.invoke("release", **where, **rid)
+        index = self.rng.randrange(len(sent))
+        op = self.rec.invoke("replay", **where, to=sent[index])
         CountingBackoff.clear()
         try:
-            released = h.release(op, rid.get("rid", ""))
+            word = h.replay(index, op)
+        except (LivermoreError, RedisError) as exc:
+            self.rec.done(op, "unknown", "replay", **where, error=self._outcome(exc)[1])
+            return
+        self.rec.done(op, "ok", "replay", **where, reply=word)
+
+    def release(self, h: Handle) -> None:
+        where: dict[str, Any] = {"resource": h.resource, "lease": h.lease_id, "token": h.token}
+        op = self.rec.invoke("release", **where)
+        CountingBackoff.clear()
+        try:
+            released = h.release(op)
         except (LivermoreError, RedisError) as exc:
             _, error = self._outcome(exc)
             self.rec.done(op, "unknown", "release", **where, error=error)
@@ -829,7 +889,7 @@ class Runner:
             else:
                 e: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
                 e["id"] = entry_id.decode()
-                for name in ("fencingToken", "ttlMs"):
+                for name in ("fencingToken", "ttlMs", "seq"):
                     if e.get(name):
                         e[name] = int(e[name])
                 out.append(e)
@@ -844,6 +904,7 @@ class Runner:
                 "fencingToken": int(d.get("fencingToken", 0)),
                 "connectionState": d.get("connectionState"),
                 "instanceId": d.get("instanceId"),
+                "seq": int(d["seq"]) if "seq" in d else None,  # the highest applied seq of the lease
             }
         doc = json.loads(raw)
         return {k: doc.get(k) for k in ("fencingToken", "connectionState", "instanceId")}

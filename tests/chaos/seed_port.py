@@ -22,8 +22,10 @@ for anything else. What it does, round trip by round trip, as the original TypeS
 Deviations, all for observability or scaled timings, none of them a fix: ``PX`` instead of ``EX``
 (the chaos TTL is 1.5 s, ``EX`` takes whole seconds); the document carries ``fencingToken`` and
 ``instanceId``; besides the seed's ``state_transition`` and ``error`` events the log also gets
-``claim`` and ``deregister`` events, and every entry carries ``fencingToken``, ``instanceId`` and
-``requestId``, with the same field names as pylivermore's log so that one checker reads both.
+``claim`` and ``deregister`` events, and every entry carries ``fencingToken`` and ``instanceId``, a
+transition or error entry also the lease's ``seq`` (a per-lease counter of this process, a label
+only: nothing checks it), with the same field names as pylivermore's log (contract v2) so that one
+checker reads both.
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ class SeedLease:
         self.doc = doc
         self.fencing_token = token
         self._held = True
+        self._seq = 0
 
     @property
     def state(self) -> str:
@@ -260,6 +263,11 @@ class SeedLease:
     def _key(self) -> str:
         return self.registry.status_key(self.exchange_id)
 
+    def next_seq(self) -> int:
+        """The label of this lease's next transition or error entry (1, 2, ...)."""
+        self._seq += 1
+        return self._seq
+
     def heartbeat(self) -> str:
         """``SET … XX`` from memory; re-create the key from memory if it vanished."""
         self.doc["lastHeartbeat"] = _iso_now()
@@ -269,7 +277,7 @@ class SeedLease:
         self.registry.client.set(self._key(), payload, px=self.registry.ttl_ms)
         return "recreated"
 
-    def transition(self, to: str, *, request_id: str | None = None) -> str:
+    def transition(self, to: str, *, seq: int | None = None) -> str:
         """Validate in memory, rewrite the whole document (``KEEPTTL``), log fire-and-forget."""
         current = self.state
         if to not in SEED_TRANSITIONS.get(current, frozenset()):
@@ -286,7 +294,7 @@ class SeedLease:
             fromState=current,
             toState=to,
             adminEmail=self.doc["adminEmail"] or "",
-            requestId=request_id or secrets.token_hex(8),
+            seq=str(seq if seq is not None else self.next_seq()),
         )
         return to
 
@@ -297,12 +305,12 @@ class SeedLease:
         self.doc["lastError"] = message
         self.doc["lastErrorAt"] = _iso_now()
         self.registry.client.set(self._key(), json.dumps(self.doc), keepttl=True)
-        self.registry.log(self, "error", error=message, state=self.state, requestId=secrets.token_hex(8))
+        self.registry.log(self, "error", error=message, state=self.state, seq=str(self.next_seq()))
 
-    def release(self, *, request_id: str | None = None) -> bool:
+    def release(self) -> bool:
         """Stop the heartbeat and ``DEL`` the key; True if a key was deleted (anyone's)."""
         self._held = False
         self.registry.discard(self)
         deleted = int(self.registry.client.delete(self._key())) > 0
-        self.registry.log(self, "deregister", state=self.state, requestId=request_id or secrets.token_hex(8))
+        self.registry.log(self, "deregister", state=self.state)
         return deleted

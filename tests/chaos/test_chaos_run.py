@@ -8,8 +8,12 @@
   a killed holder), however few operations a loaded machine let the run do.
 * the seed port, same run: the checker must report violations (it can see what it checks for).
 * the checker itself on small hand-made histories: an overlap, a non-increasing fencing token and
-  a lost store item are flagged; a clean history passes; a run in which the implementation did
-  nothing, or whose heartbeats never renewed, falls short of the minimum activity.
+  a lost store item are flagged; so are, with calls identified as contract v2 does (the lease's
+  fencing token and the call's seq), a call applied twice or after its reply, a reused seq, a
+  replay that was applied, a phantom or unidentified call, a release answered "not released"
+  whose deregister is logged, and a record whose seq disagrees with its log; a clean history
+  passes; a run in which the implementation did nothing, or whose heartbeats never renewed,
+  falls short of the minimum activity.
 
 The full form is ``python -m tests.chaos.runner --duration 180 --workers 6 --resources 3 --impl …``.
 """
@@ -111,35 +115,48 @@ class History:
         self.ops = 0
 
     def op(
-        self, proc: str, f: str, t0: float, t1: float | None, kind: str, lease: str | None, token: int | None, **v: Any
+        self,
+        proc: str,
+        f: str,
+        t0: float,
+        t1: float | None,
+        kind: str,
+        lease: str | None,
+        token: int | None,
+        send: dict[str, Any] | None = None,
+        **v: Any,
     ) -> None:
+        """One operation; *send*: the ``send`` event the runner records as the call goes out
+        (a transition's ``seq``, a deregister's ``fencing`` token)."""
         self.ops += 1
         base = {"f": f, "op": self.ops, "proc": proc, "pid": 100 + int(proc[1]), "resource": "1", "lease": lease}
         self.records.append({**base, "type": "invoke", "t": int(t0 * MS), "token": token, "value": v})
+        if send is not None:
+            event = {"type": "event", "f": "send", "op": self.ops, "proc": proc, "pid": base["pid"]}
+            self.records.append({**event, "t": int(t0 * MS) + 1, "value": {"script": f, **send}})
         if t1 is not None:
             self.records.append({**base, "type": kind, "t": int(t1 * MS), "token": token, "value": v})
 
     def lease(
         self, proc: str, lease: str, token: int, t_claim: float, items: list[tuple[float, str]], t_rel: float | None
     ) -> None:
-        """A lease's whole life (claim, walk to active, fenced writes, release at *t_rel*;
-        ``None``: still held)."""
-        self.op(proc, "claim", t_claim, t_claim + 1, "ok", lease, token, instance=f"{proc}@1")
-        self.log(t_claim + 0.5, "claim", token, ttlMs=1500)
+        """A lease's whole life (claim, walk to active with seqs 1, 2, 3, fenced writes, release
+        at *t_rel*; ``None``: still held)."""
+        who = {"instanceId": f"{proc}@1"}
+        self.op(proc, "claim", t_claim, t_claim + 1, "ok", lease, token, instance=who["instanceId"])
+        self.log(t_claim + 0.5, "claim", token, ttlMs=1500, **who)
         state = "idle"
         t = t_claim + 2
-        for to in ("starting", "warming", "active"):
-            rid = f"{lease}-{to}"
-            self.op(proc, "transition", t, t + 1, "ok", lease, token, to=to, rid=rid)
-            self.log(t + 0.5, "state_transition", token, fromState=state, toState=to, requestId=rid)
+        for seq, to in enumerate(("starting", "warming", "active"), 1):
+            self.op(proc, "transition", t, t + 1, "ok", lease, token, to=to, send={"seq": seq})
+            self.log(t + 0.5, "state_transition", token, fromState=state, toState=to, seq=seq, **who)
             state, t = to, t + 2
         for t_item, item in items:
             self.op(proc, "store_add", t_item, t_item + 1, "ok", lease, token, item=item, accepted=True)
         if t_rel is None:
             return
-        rid = f"{lease}-release"
-        self.op(proc, "release", t_rel, t_rel + 1, "ok", lease, token, released=True, rid=rid)
-        self.log(t_rel + 0.5, "deregister", token, state=state, requestId=rid)
+        self.op(proc, "release", t_rel, t_rel + 1, "ok", lease, token, released=True, send={"fencing": token})
+        self.log(t_rel + 0.5, "deregister", token, state=state, **who)
 
     def held(self, proc: str, lease: str, t: float) -> None:
         """An ``ensure_held()`` that passed at *t* (what the worker records before each write)."""
@@ -160,11 +177,18 @@ class History:
         wall = WALL0_MS + t_ms
         stamp = datetime.datetime.fromtimestamp(wall / 1000, datetime.UTC).isoformat()[:23] + "Z"
         self.entries.append(
-            {"id": f"{int(wall)}-{len(self.entries)}", "event": event, "timestamp": stamp, "fencingToken": token}
+            {
+                "id": f"{int(wall)}-{len(self.entries)}",
+                "event": event,
+                "timestamp": stamp,
+                "exchangeId": 1,
+                "fencingToken": token,
+            }
             | fields
         )
 
-    def data(self, store: StoreContents) -> RunData:
+    def data(self, store: StoreContents, status: dict[str, Any] | None = None) -> RunData:
+        """The run's data; *status*: the record the final snapshot read (``None``: no record)."""
         meta = {
             "impl": "test",
             "ttl": 1.5,
@@ -182,7 +206,7 @@ class History:
             records=self.records,
             faults=self.faults,
             segments=[{"resource": "1", "segment": 0, "t_read": 59_000 * MS, "entries": self.entries}],
-            snapshots=[{"resource": "1", "segment": 0, "t": 59_000 * MS, "last_id": last, "status": None}],
+            snapshots=[{"resource": "1", "segment": 0, "t": 59_000 * MS, "last_id": last, "status": status}],
             store={"1": store},
         )
 
@@ -267,6 +291,121 @@ def test_checker_flags_a_lost_transition_and_a_dead_token() -> None:
     assert "transition_lost" in kinds
     assert "log_replay" in kinds  # starting -> active is not an edge
     assert "dead_token" in kinds
+
+
+# -- calls identified by (lease, seq): contract v2's replay protection, as the checker sees it -------------
+
+CLEAN_STORE = [(100, "a1"), (100, "a2"), (200, "b1")]
+
+
+def _entry(h: History, event: str, token: int, **fields: Any) -> dict[str, Any]:
+    return next(
+        e for e in h.entries if e["event"] == event and e["fencingToken"] == token and fields.items() <= e.items()
+    )
+
+
+def test_checker_flags_a_call_applied_twice() -> None:
+    """A replay of w1's "warming" call (the same lease, the same seq) applied a second time: two
+    entries of one call, and the second does not follow the holder's state."""
+    h = _clean()
+    again = {**_entry(h, "state_transition", 100, seq=2), "fromState": "warming"}
+    h.entries.insert(3, {**again, "id": again["id"].split("-")[0] + "-99"})
+    rep = check(h.data(_store(CLEAN_STORE)))
+    by_kind = {v.kind: v for v in rep.violations}
+    assert set(by_kind) == {"transition_duplicate", "log_replay"}, [v.to_json() for v in rep.violations]
+    assert by_kind["transition_duplicate"].details["seq"] == 2
+    assert by_kind["log_replay"].details["problem"].startswith("transition does not follow")
+
+
+def test_checker_flags_a_reused_seq_and_a_replay_applied() -> None:
+    """w1's third call goes out with seq 2 again (the lease must number its calls upwards) and the
+    log shows it applied (a script must answer REPLAYED to a seq not higher than the last applied)."""
+    h = _clean()
+    third = next(r for r in h.records if r["f"] == "send" and r["value"].get("seq") == 3)
+    third["value"]["seq"] = 2
+    _entry(h, "state_transition", 100, seq=3)["seq"] = 2
+    rep = check(h.data(_store(CLEAN_STORE)))
+    kinds = _kinds(rep)
+    assert {"seq_not_increasing", "log_replay"} <= kinds, kinds
+    assert "transition_lost" not in kinds  # each call of seq 2 is logged, during its own call
+    replay = next(v for v in rep.violations if v.kind == "log_replay")
+    assert replay.details["problem"].startswith("seq not higher")
+
+
+def test_checker_flags_a_replay_that_was_applied() -> None:
+    """The runner re-sends w1's "starting" call (seq 1) after "active": REPLAYED passes; OK, with
+    a second entry of the call logged while the replay was in flight, is a replay applied."""
+    h = _clean()
+    h.op("w1", "replay", 100, 101, "ok", "w1#1", 100, send={"seq": 1}, to="starting", reply="REPLAYED")
+    rep = check(h.data(_store(CLEAN_STORE)))
+    assert rep.violations == [], [v.to_json() for v in rep.violations]
+    assert rep.notes["replay_answered_REPLAYED"] == 1
+    h.records[-1]["value"]["reply"] = "OK"
+    h.log(100.5, "state_transition", 100, fromState="active", toState="starting", seq=1, instanceId="w1@1")
+    h.entries.sort(key=lambda e: e["timestamp"])
+    kinds = _kinds(check(h.data(_store(CLEAN_STORE))))
+    assert kinds == {"replay_applied", "log_replay"}, kinds
+
+
+def test_checker_flags_a_call_applied_after_its_reply() -> None:
+    """w1's "warming" call answered at 5 ms, and a second entry of it logged at 300 ms (a delayed
+    duplicate applied late): that entry belongs to no call in flight then."""
+    h = _clean()
+    late = {**_entry(h, "state_transition", 100, seq=2), "fromState": "active"}
+    h.log(300, "state_transition", 100, **{k: late[k] for k in ("fromState", "toState", "seq", "instanceId")})
+    h.entries.sort(key=lambda e: e["timestamp"])
+    by_kind = {v.kind: v for v in check(h.data(_store(CLEAN_STORE))).violations}
+    assert set(by_kind) == {"transition_phantom", "log_replay"}, by_kind
+    assert (by_kind["transition_phantom"].details["seq"], by_kind["transition_phantom"].details["token"]) == (2, 100)
+
+
+def test_checker_flags_phantom_and_unidentified_calls() -> None:
+    """An error entry no call of the history made (a seq nobody sent), a deregister of a lease that
+    never released, and an acknowledged transition whose seq the runner did not record."""
+    h = History()
+    h.lease("w1", "w1#1", 100, 0, [(10, "a1")], 500)
+    h.lease("w2", "w2#1", 200, 2600, [(2610, "b1")], None)
+    h.log(2700, "error", 200, error="boom", state="active", seq=7, instanceId="w2@1")
+    h.op("w2", "transition", 2800, 2801, "ok", "w2#1", 200, to="stopping")  # no send event
+    h.log(2800.5, "state_transition", 200, fromState="active", toState="stopping", seq=4, instanceId="w2@1")
+    h.log(2900, "deregister", 200, state="stopping", instanceId="w2@1")
+    rep = check(h.data(_store([(100, "a1"), (200, "b1")])))
+    phantoms = sorted((v.details["event"], v.details["seq"]) for v in rep.violations if v.kind == "transition_phantom")
+    assert phantoms == [("deregister", None), ("error", 7), ("state_transition", 4)], [
+        v.to_json() for v in rep.violations
+    ]
+    unidentified = [v for v in rep.violations if v.kind == "transition_unidentified"]
+    assert [v.details["problem"] for v in unidentified] == ["acknowledged without a seq"]
+
+
+def test_checker_flags_a_release_answered_not_released_but_logged() -> None:
+    """w2's deregister is in the log, and next to nothing came after it, yet its release was
+    answered "not released" (TAKEN/EXPIRED): a retry of an applied release must answer REPLAYED."""
+    h = _clean()
+    release = next(r for r in h.records if r["f"] == "release" and r["type"] == "ok" and r["lease"] == "w2#1")
+    release["value"]["released"] = False
+    rep = check(h.data(_store(CLEAN_STORE)))
+    assert _kinds(rep) == {"transition_failed_logged"}, [v.to_json() for v in rep.violations]
+    h = _clean()
+    w2 = next(r for r in h.records if r["f"] == "release" and r["lease"] == "w2#1" and r["type"] == "invoke")
+    h.records.append({**w2, "type": "fail", "t": w2["t"] + MS, "value": {"error": "lost:taken"}})
+    h.records.remove(next(r for r in h.records if r["f"] == "release" and r["lease"] == "w2#1" and r["type"] == "ok"))
+    assert "transition_failed_logged" in _kinds(check(h.data(_store(CLEAN_STORE))))
+
+
+def test_checker_compares_the_records_seq_with_the_log() -> None:
+    """A snapshot of a v2 record carries its last applied seq: folding the log must give it."""
+    h = History()
+    h.lease("w1", "w1#1", 100, 0, [(10, "a1")], 500)
+    h.lease("w2", "w2#1", 200, 2600, [(2610, "b1")], None)
+    store = _store([(100, "a1"), (200, "b1")])
+    record = {"fencingToken": 200, "connectionState": "active", "instanceId": "w2@1"}
+    assert check(h.data(store, {**record, "seq": 3})).violations == []
+    assert check(h.data(store, record)).violations == []  # a record without seq (the seed's) compares the rest
+    rep = check(h.data(store, {**record, "seq": 5}))
+    assert [(v.kind, v.details["record"], v.details["replayed"]) for v in rep.violations] == [
+        ("log_replay", [200, "active", 5], [200, "active", 3])
+    ]
 
 
 # -- the minimum activity (checker.shortfalls) on hand-made histories ---------------------------------

@@ -513,8 +513,9 @@ def test_n4_reset_after_request_with_retries_applies_once(
 ) -> None:
     """N4 with the client's retries on. Expected: when the connection is reset after a
     transition, record_error or deregister reached Redis, redis-py re-sends the same EVALSHA
-    (same request id) and the script answers as if just applied: each call succeeds, the final
-    state equals one application, and the log holds exactly one entry per call."""
+    (the same seq; a deregister the same fencing token) and the script answers REPLAYED, which
+    the library takes as the call's success: each call succeeds, the final state equals one
+    application, and the log holds exactly one entry per call."""
     client = owner_client(proxy, policy)
     owner = Registry(client, namespace=namespace, **{**TIMING, "ttl": 6.0, "renew_deadline": 4.0})
     keys = Keys(namespace, "1")
@@ -554,8 +555,9 @@ def test_n4_reset_after_request_without_retries_is_unknown_but_applied_once(
     although the operation applied exactly once; the library's next call then behaves correctly:
     the caller's new transition to the same state is decided by Redis (applied once, or refused
     as BAD_TRANSITION because the record is already there), never logged twice, and the lease and
-    the record agree; a release whose reply was lost leaves the record gone and a second release
-    returns False without logging again."""
+    the record agree; a release whose reply was lost leaves the record gone, and a second release
+    is answered REPLAYED (contract v2: this lease's release was already applied, not TAKEN or
+    EXPIRED), so it returns True without logging again."""
     client = owner_client(proxy, "off")
     owner = Registry(client, namespace=namespace, **{**TIMING, "ttl": 6.0, "renew_deadline": 4.0})
     keys = Keys(namespace, "1")
@@ -591,7 +593,13 @@ def test_n4_reset_after_request_without_retries_is_unknown_but_applied_once(
             lease.release()
         assert proxy.resets == 3
         assert admin.exists(keys.status) == 0
-        assert lease.release() is False
+        again = lease._core.release_call()  # what a second release sends: the same token and fencing token
+        assert again is not None
+        assert admin.evalsha(markers["deregister"].decode(), len(again.keys), *again.keys, *again.args) == [
+            b"REPLAYED",
+            b"warming",
+        ]
+        assert lease.release() is True, "the first attempt deleted the record: a retry is REPLAYED"
         with pytest.raises(LeaseLostError):
             lease.ensure_held()
         entries = events(admin.xrange(keys.log))

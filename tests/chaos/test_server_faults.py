@@ -143,6 +143,15 @@ class CommandLog:
         ]
 
 
+def seq_arg(command: str, status_key: str) -> str:
+    """The seq of a transition's EVALSHA as MONITOR shows it: KEYS are status, log; ARGV token,
+    seq, to, expected."""
+    words = command.split(" ")
+    i = words.index(status_key)
+    assert words[i - 1] == "2", command  # the key count
+    return words[i + 3]
+
+
 def server_time(admin: redis.Redis) -> float:
     seconds, micros = admin.time()
     return seconds + micros / 1e6
@@ -456,6 +465,9 @@ def test_restart_with_persistence_after_deadline_reports_deadline_loss(
         assert info.value.reason == "deadline"
         assert calls.count == 0, "a refused transition tried the server"
 
+        # The loss comes renew_deadline after the last acknowledged send, which may precede the
+        # stop by up to an interval: keep the server down past renew_deadline all the same (R2).
+        time.sleep(max(0.0, killed_at + DEADLINE + 0.05 - time.monotonic()))
         server.start()
         assert time.monotonic() - killed_at > DEADLINE
         # The record as persisted before the crash (the owner is lost: it renews nothing any more).
@@ -744,10 +756,11 @@ async def test_frozen_server_owner_lost_by_deadline_and_inflight_transition_appl
     """R5, server frozen (SIGSTOP) right after a heartbeat, until shortly before the record could
     expire (TTL 3 s here): beyond renew_deadline, within the TTL. The lease is invalid from its
     deadline on and the owner reports the loss ("deadline") while the server is still frozen. A
-    transition sent before the deadline and retried by redis-py with the same request id (socket
-    timeout 0.3 s) runs at least twice once the server resumes, yet applies exactly once: one log
-    entry, the record in the new state. The record still decodes, and the lease's token-checked
-    release after the deadline loss deletes it.
+    transition sent before the deadline and retried by redis-py with the same seq (socket timeout
+    0.3 s) runs at least twice once the server resumes, yet applies exactly once (every copy after
+    the first is a replay, answered REPLAYED): one log entry, with that seq, the record in the new
+    state with that seq as its last applied one. The record still decodes, and the lease's
+    token-checked release after the deadline loss deletes it.
 
     Timing: the freeze is placed from events (a heartbeat seen, the record's expiry read with PTTL)
     and the validity is read through the injected clock, so a slow test thread cannot move the
@@ -836,7 +849,15 @@ async def test_frozen_server_owner_lost_by_deadline_and_inflight_transition_appl
         assert status.connection_state is State.WARMING
         transitions = [e for e in reader.activity(EXCHANGE) if e.event == "state_transition"]
         assert [e.to_state for e in transitions] == ["warming", "starting"], "a retried transition applied twice"
-        assert admin.hget(keys.status, "transitionRequest") == transitions[0].request_id.encode()
+        # Every copy carries the seq of the one logged entry, higher than the previous call's,
+        # and the record keeps it as its last applied seq (contract v2's replay rule).
+        warming, starting = transitions
+        assert warming.seq is not None
+        assert starting.seq is not None
+        assert warming.seq > starting.seq
+        sent = {seq_arg(copy, keys.status) for copy in copies}
+        assert sent == {str(warming.seq)}, f"the copies were not one call: seqs {sent}, logged {warming.seq}"
+        assert admin.hget(keys.status, "seq") == str(warming.seq).encode()
 
         released = await settle(lease.release())
         assert released is True, "the token-checked release after a deadline loss did not delete the record"
@@ -976,7 +997,7 @@ def test_out_of_memory_noeviction_refuses_claim_and_transition_without_partial_s
     """R7, maxmemory reached under noeviction: a claim fails with redis' OOM error
     (OutOfMemoryError, a ResponseError) and leaves nothing: no status, no log, no fence key. An
     existing owner's transition fails the same way with nothing written (state, log, fence and the
-    transition request unchanged) and is not taken as a loss. Once memory is available again the
+    record's last applied seq unchanged) and is not taken as a loss. Once memory is available again the
     transition applies exactly once. Heartbeats still renew under OOM (PEXPIRE is their first write)."""
     admin = make_admin_client(fresh_server)
     client = make_client(fresh_server)
@@ -1001,7 +1022,8 @@ def test_out_of_memory_noeviction_refuses_claim_and_transition_without_partial_s
             record_now, log_now, fence_now = snapshot(admin, keys)
             assert log_now == log, "the failed transition wrote to the log"
             assert fence_now == fence
-            for field in (b"connectionState", b"lastStateChange", b"transitionRequest", b"fencingToken"):
+            assert record.get(b"seq") == b"1", "the first transition's seq is not the record's"
+            for field in (b"connectionState", b"lastStateChange", b"seq", b"fencingToken"):
                 assert record_now.get(field) == record.get(field), field
             assert lease.is_valid, "a refused write is not a lost lease"
 

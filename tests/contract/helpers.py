@@ -1,8 +1,10 @@
 """Plain helpers shared by the contract tests: script calls by raw EVALSHA, argument builders
-that follow the Lua headers, key snapshots, and timestamp checks. Fixtures live in conftest.py."""
+that follow the Lua headers (contract v2), key snapshots, and timestamp checks. Fixtures live in
+conftest.py."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -19,6 +21,42 @@ TTL_MS = "60000"
 RETENTION_MS = "7776000000"  # 90 days, the library's default
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 BAD_ARGS = "pylivermore bad-args:"  # redis-py strips the leading "ERR " of an error reply
+ONE_DAY_MS = 86_400_000  # the retention floor of contract v2
+
+#: The holder's fields a CONFLICT may carry, in the order of lua/README.md; never the private ones.
+PUBLIC_FIELDS = (
+    "exchangeId",
+    "exchangeName",
+    "hostname",
+    "ipAddress",
+    "countryCode",
+    "adminEmail",
+    "adminDisplayName",
+    "connectionState",
+    "symbolCount",
+    "connectedAt",
+    "lastHeartbeat",
+    "lastStateChange",
+    "registeredAt",
+    "lastError",
+    "lastErrorAt",
+    "fencingToken",
+    "instanceId",
+    "stateTable",
+    "contract",
+)
+PRIVATE_FIELDS = ("ownerDigest", "seq", "retentionMs")
+#: The fields of every activity-log entry (lua/README.md); each event adds its own.
+COMMON_ENTRY_FIELDS = (
+    "event",
+    "timestamp",
+    "exchangeId",
+    "exchangeName",
+    "hostname",
+    "ip",
+    "fencingToken",
+    "instanceId",
+)
 
 #: The six lifecycle states and the edges of SPEC §2, written out independently of the package.
 STATES = ("idle", "starting", "warming", "active", "stopping", "stopped")
@@ -51,8 +89,13 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-def new_request_id() -> str:
-    return secrets.token_hex(8)
+_SEQ = itertools.count(1)
+
+
+def next_seq() -> str:
+    """A fresh owner-operation ``seq``: higher than every one handed out before in this process,
+    so that any lease accepts it as a new call (gaps are allowed, lua/README.md)."""
+    return str(next(_SEQ))
 
 
 class Scripts:
@@ -68,11 +111,11 @@ class Scripts:
             sha = self.client.script_load(spec.source)
             assert sha == spec.sha1, f"{spec.name}: SCRIPT LOAD gave {sha}, ScriptSpec.sha1 is {spec.sha1}"
 
-    def raw(self, name: str, numkeys: int, *words: str) -> Any:
+    def raw(self, name: str, numkeys: int, *words: str | bytes) -> Any:
         """EVALSHA with an explicit numkeys (for arity tests); bulk strings decoded."""
         return text(self.client.evalsha(self.specs[name].sha1, numkeys, *words))
 
-    def __call__(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+    def __call__(self, name: str, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         return self.raw(name, len(keys), *keys, *args)
 
 
@@ -197,38 +240,32 @@ def claim_args(
     instance_id: str = "worker-a",
     reclaim: str = "0",
     retention_ms: str = RETENTION_MS,
+    table: str = "",
 ) -> list[str]:
-    return [token, ttl_ms, exchange_id, name, hostname, instance_id, reclaim, retention_ms]
+    return [token, ttl_ms, exchange_id, name, hostname, instance_id, reclaim, retention_ms, table]
 
 
 def heartbeat_args(token: str, ttl_ms: str = TTL_MS) -> list[str]:
     return [token, ttl_ms]
 
 
-def transition_args(
-    token: str,
-    to: str,
-    *,
-    request_id: str | None = None,
-    expected: str = "",
-    table: str = "",
-    retention_ms: str = RETENTION_MS,
+def transition_args(token: str, to: str, *, seq: int | str | None = None, expected: str = "") -> list[str]:
+    """Without *seq*, a fresh one (:func:`next_seq`): a new call."""
+    return [token, next_seq() if seq is None else str(seq), to, expected]
+
+
+def update_args(
+    token: str, group: str = "symbols", first: str = "42", second: str = "", *, seq: int | str | None = None
 ) -> list[str]:
-    return [token, request_id or new_request_id(), to, expected, table, retention_ms]
+    return [token, next_seq() if seq is None else str(seq), group, first, second]
 
 
-def update_args(token: str, group: str = "symbols", first: str = "42", second: str = "") -> list[str]:
-    return [token, group, first, second]
+def record_error_args(token: str, message: str = "socket closed", *, seq: int | str | None = None) -> list[str]:
+    return [token, next_seq() if seq is None else str(seq), message]
 
 
-def record_error_args(
-    token: str, message: str = "socket closed", *, request_id: str | None = None, retention_ms: str = RETENTION_MS
-) -> list[str]:
-    return [token, request_id or new_request_id(), message, retention_ms]
-
-
-def deregister_args(token: str, *, request_id: str | None = None, retention_ms: str = RETENTION_MS) -> list[str]:
-    return [token, request_id or new_request_id(), retention_ms]
+def deregister_args(token: str, fencing_token: int | str) -> list[str]:
+    return [token, str(fencing_token)]
 
 
 def force_release_args(
@@ -237,15 +274,16 @@ def force_release_args(
     return [reason, operator, retention_ms]
 
 
-def valid_args(script: str, token: str) -> list[str]:
-    """A well-formed ARGV for *script* that the owner of *token* may send (a record in ``idle``)."""
+def valid_args(script: str, token: str, fencing_token: int | str = 1) -> list[str]:
+    """A well-formed ARGV for *script* that the owner of *token* (whose claim answered
+    *fencing_token*) may send, on a record in ``idle``."""
     builders: dict[str, Callable[[], list[str]]] = {
         "claim": lambda: claim_args(token),
         "heartbeat": lambda: heartbeat_args(token),
         "transition": lambda: transition_args(token, "starting"),
         "update": lambda: update_args(token),
         "record_error": lambda: record_error_args(token),
-        "deregister": lambda: deregister_args(token),
+        "deregister": lambda: deregister_args(token, fencing_token),
         "force_release": force_release_args,
     }
     return builders[script]()

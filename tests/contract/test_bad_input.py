@@ -36,10 +36,11 @@ Values = list[tuple[str, str]]
 BAD_TOKENS: Values = [
     ("empty", ""),
     ("15-chars", "a" * 15),
+    ("31-chars", "a" * 31),
     ("129-chars", "a" * 129),
-    ("punctuation", "a" * 16 + "!"),
-    ("space", "a" * 8 + " " + "a" * 8),
-    ("newline", "a" * 16 + "\n"),
+    ("punctuation", "a" * 32 + "!"),
+    ("space", "a" * 16 + " " + "a" * 16),
+    ("newline", "a" * 32 + "\n"),
     ("non-ascii", "\u00e9" * 16),
 ]
 BAD_TTLS: Values = [
@@ -60,30 +61,67 @@ BAD_TTLS: Values = [
     ("above-1-day", "86400001"),
     ("huge", "99999999999"),
 ]
+#: v2: the retention floor is one day, so a call can never trim the recent history.
 BAD_RETENTIONS: Values = [
     ("0", "0"),
     ("999", "999"),
+    ("1000", "1000"),
+    ("one-day-minus-1", "86399999"),
     ("negative", "-1000"),
-    ("exponent", "1e6"),
+    ("exponent", "1e8"),
     ("inf", "inf"),
     ("nan", "nan"),
-    ("hex", "0x3e8"),
-    ("leading-space", " 1000"),
-    ("fraction", "1000.0"),
+    ("hex", "0x5265c00"),
+    ("leading-space", " 86400000"),
+    ("leading-zero", "086400000"),
+    ("fraction", "86400000.0"),
     ("empty", ""),
     ("above-10-years", "315360000001"),
     ("huge", "99999999999999999"),
 ]
-BAD_REQUEST_IDS: Values = [
+#: v2: ``seq`` replaced v1's request id: a decimal integer 1..2^53-1.
+BAD_SEQS: Values = [
     ("empty", ""),
-    ("65-chars", "r" * 65),
-    ("space", "a b"),
-    ("punctuation", "r!"),
-    ("colon", "a:b"),
-    ("non-ascii", "\u00e9"),
+    ("0", "0"),
+    ("negative", "-1"),
+    ("leading-zero", "01"),
+    ("fraction", "1.5"),
+    ("exponent", "1e3"),
+    ("hex", "0x10"),
+    ("leading-space", " 1"),
+    ("plus", "+1"),
+    ("inf", "inf"),
+    ("nan", "nan"),
+    ("2^53", "9007199254740992"),
+    ("huge", "99999999999999999999"),
+    ("request-id", "req-1"),
+]
+BAD_FENCING_TOKENS: Values = [
+    ("empty", ""),
+    ("0", "0"),
+    ("negative", "-5"),
+    ("leading-zero", "05"),
+    ("fraction", "1.5"),
+    ("exponent", "1e3"),
+    ("text", "abc"),
+    ("2^53", "9007199254740992"),
 ]
 TABLE_2049 = "idle>starting" + " a>b" * 509
 assert len(TABLE_2049) == 2049
+BAD_TABLES: Values = [
+    ("double-space", "idle>starting  starting>warming"),
+    ("leading-space", " idle>starting"),
+    ("trailing-space", "idle>starting "),
+    ("newline", "idle>starting\n"),
+    ("capital", "Idle>starting"),
+    ("no-edge", "idle"),
+    ("dangling", "idle>"),
+    ("no-from", ">idle"),
+    ("comma", "idle>starting,starting>warming"),
+    ("no-edge-leaving-idle", "starting>warming warming>idle"),
+    ("33-char-state", "idle>" + "x" * 33),
+    ("2049-bytes", TABLE_2049),
+]
 
 
 def _argv_cases() -> list[Any]:
@@ -97,45 +135,31 @@ def _argv_cases() -> list[Any]:
         add(script, 0, "token", BAD_TOKENS)
     for script in ("claim", "heartbeat"):
         add(script, 1, "ttl", BAD_TTLS)
-    for script, index in (
-        ("claim", 7),
-        ("transition", 5),
-        ("record_error", 3),
-        ("deregister", 2),
-        ("force_release", 2),
-    ):
+    for script, index in (("claim", 7), ("force_release", 2)):
         add(script, index, "retention", BAD_RETENTIONS)
-    for script in ("transition", "record_error", "deregister"):
-        add(script, 1, "request-id", BAD_REQUEST_IDS)
+    for script in ("transition", "update", "record_error"):
+        add(script, 1, "seq", BAD_SEQS)
+    add("deregister", 1, "fencing-token", BAD_FENCING_TOKENS)
+    # exchange_id must be the <id> of the keys (held.res.id, "r1"): anything else, well-formed or not.
     ids = [("empty", ""), ("brace", "}x"), ("space", "a b"), ("colon", "a:b"), ("tag", "{1}"), ("65-chars", "a" * 65)]
     ids += [("underscore-first", "_a"), ("dot-first", ".a"), ("non-ascii", "\u00e91")]
+    ids += [("other-resource", "r2"), ("other-case", "R1"), ("trailing-space", "r1 ")]
     add("claim", 2, "exchange-id", ids)
     add("claim", 3, "exchange-name", [("empty", ""), ("129-bytes", "x" * 129), ("130-utf8-bytes", "\u00e9" * 65)])
     add("claim", 4, "hostname", [("empty", ""), ("256-bytes", "h" * 256)])
     add("claim", 5, "instance-id", [("empty", ""), ("256-bytes", "i" * 256)])
     add("claim", 6, "reclaim", [("empty", ""), ("2", "2"), ("true", "true"), ("space", " 1"), ("yes", "yes")])
+    add("claim", 8, "table", BAD_TABLES)
     add("transition", 2, "to", [("capital", "Active"), ("empty", ""), ("leading-space", " idle"), ("33", "x" * 33)])
     expected = [("capital", "Idle"), ("leading-space", " idle"), ("33-chars", "x" * 33), ("punctuation", "idle!")]
     add("transition", 3, "expected", expected)
-    tables = [
-        ("double-space", "idle>starting  starting>warming"),
-        ("leading-space", " idle>starting"),
-        ("newline", "idle>starting\n"),
-        ("capital", "Idle>starting"),
-        ("no-edge", "idle"),
-        ("dangling", "idle>"),
-        ("no-from", ">idle"),
-        ("comma", "idle>starting,starting>warming"),
-        ("2049-bytes", TABLE_2049),
-    ]
-    add("transition", 4, "table", tables)
     add("record_error", 2, "message", [("empty", ""), ("4097-bytes", "m" * 4097), ("4098-utf8-bytes", "\u00e9" * 2049)])
     add("force_release", 0, "reason", [("empty", ""), ("1025-bytes", "r" * 1025)])
     add("force_release", 1, "operator", [("empty", ""), ("256-bytes", "o" * 256)])
     # B10: only the three documented groups exist; control fields can never be named.
-    groups = ["ownerDigest", "fencingToken", "connectionState", "instanceId", "lastHeartbeat", "transitionRequest"]
-    groups += ["", "Symbols", "symbols ", "symbolCount"]
-    spec["update"] += [(f"group-{g or 'empty'}", {1: g}) for g in groups]
+    groups = ["ownerDigest", "fencingToken", "connectionState", "instanceId", "lastHeartbeat", "seq", "retentionMs"]
+    groups += ["stateTable", "contract", "", "Symbols", "symbols ", "symbolCount"]
+    spec["update"] += [(f"group-{g or 'empty'}", {2: g}) for g in groups]
     for name, value in [
         ("negative", "-1"),
         ("fraction", "1.5"),
@@ -148,10 +172,10 @@ def _argv_cases() -> list[Any]:
         ("nan", "nan"),
         ("huge", "99999999999"),
     ]:
-        spec["update"].append((f"symbols-{name}", {1: "symbols", 2: value, 3: ""}))
-    spec["update"].append(("symbols-second-not-empty", {1: "symbols", 2: "1", 3: "x"}))
-    spec["update"].append(("admin-email-321-bytes", {1: "admin", 2: "e" * 321, 3: ""}))
-    spec["update"].append(("admin-name-257-bytes", {1: "admin", 2: "", 3: "n" * 257}))
+        spec["update"].append((f"symbols-{name}", {2: "symbols", 3: value, 4: ""}))
+    spec["update"].append(("symbols-second-not-empty", {2: "symbols", 3: "1", 4: "x"}))
+    spec["update"].append(("admin-email-321-bytes", {2: "admin", 3: "e" * 321, 4: ""}))
+    spec["update"].append(("admin-name-257-bytes", {2: "admin", 3: "", 4: "n" * 257}))
     for name, value in [
         ("trailing-space", "1.2.3.4 "),
         ("not-hex", "g::1"),
@@ -159,9 +183,9 @@ def _argv_cases() -> list[Any]:
         ("cidr", "1.2.3.4/24"),
         ("zone", "fe80::1%eth0"),
     ]:
-        spec["update"].append((f"address-ip-{name}", {1: "address", 2: value, 3: ""}))
+        spec["update"].append((f"address-ip-{name}", {2: "address", 3: value, 4: ""}))
     for name, value in [("lower", "us"), ("three", "USA"), ("one", "U"), ("digit", "1A"), ("non-ascii", "D\u00c9")]:
-        spec["update"].append((f"address-country-{name}", {1: "address", 2: "", 3: value}))
+        spec["update"].append((f"address-country-{name}", {2: "address", 3: "", 4: value}))
     return [
         pytest.param(script, overrides, id=f"{script}-{label}")
         for script in SCRIPTS
@@ -183,7 +207,7 @@ def reclaim_args(owner: Owner) -> list[str]:
 
 def args_for(script: str, owner: Owner) -> list[str]:
     """Well-formed arguments that WOULD write on *owner*'s healthy record."""
-    return reclaim_args(owner) if script == "claim" else valid_args(script, owner.token)
+    return reclaim_args(owner) if script == "claim" else valid_args(script, owner.token, owner.fencing_token)
 
 
 @pytest.fixture
@@ -204,7 +228,8 @@ def test_bad_argv_is_rejected_and_writes_nothing(
     script: str, overrides: dict[int, str], held: Owner, call: Scripts, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """Malformed, out-of-range or oversized ARGV (tokens, TTLs as "0"/"inf"/"0x10"/"1e3"/" 15",
-    retention, request ids, ids, names, tables, messages, control-field groups) gets
+    retention below one day, seqs, fencing tokens, ids other than the keys', names, tables,
+    messages, control-field groups) gets
     "ERR pylivermore bad-args: ..." and writes nothing, although the same call with valid
     arguments would write."""
     args = args_for(script, held)
@@ -244,9 +269,10 @@ def test_wrong_token_is_taken_and_writes_nothing(
     script: str, held: Owner, call: Scripts, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """A well-formed token that is not the owner's (B9) answers TAKEN with the holder's fencing
-    token, and nothing is written."""
+    token, and nothing is written (deregister too, given the holder's fencing token: the lease
+    of that token was not released, it is held)."""
     before = snapshot(held.res)
-    reply = call(script, held.res.keys_for(script), valid_args(script, new_token()))
+    reply = call(script, held.res.keys_for(script), valid_args(script, new_token(), held.fencing_token))
     assert reply == ["TAKEN", str(held.fencing_token)]
     assert_unchanged(before, snapshot(held.res))
 
@@ -297,11 +323,27 @@ STATUS_DAMAGE: dict[str, Callable[..., None]] = {
     "hash-no-fencing-token": _field("fencingToken", None),
     "hash-text-fencing-token": _field("fencingToken", "12abc"),
     "hash-zero-fencing-token": _field("fencingToken", "0"),
+    # v2: a record names the resource of its key, or it is not a record of that resource.
+    "hash-other-exchange-id": _field("exchangeId", "r2"),
+    "hash-no-exchange-id": _field("exchangeId", None),
 }
 DIGEST_DAMAGE: dict[str, Callable[..., None]] = {
     "hash-no-digest": _field("ownerDigest", None),
     "hash-non-hex-digest": _field("ownerDigest", "z" * 40),
     "hash-short-digest": _field("ownerDigest", "a" * 39),
+}
+#: v2: the record's seq (the highest applied one) is a decimal integer (absent: a v1 record, 0).
+SEQ_DAMAGE: dict[str, Callable[..., None]] = {
+    "hash-text-seq": _field("seq", "abc"),
+    "hash-negative-seq": _field("seq", "-1"),
+    "hash-leading-zero-seq": _field("seq", "01"),
+    "hash-fraction-seq": _field("seq", "1.5"),
+}
+#: v2: the record's retentionMs is what its log writes trim with: never below one day.
+RETENTION_DAMAGE: dict[str, Callable[..., None]] = {
+    "hash-retention-1000": _field("retentionMs", "1000"),
+    "hash-retention-0": _field("retentionMs", "0"),
+    "hash-retention-text": _field("retentionMs", "forever"),
 }
 LOG_DAMAGE: dict[str, Callable[..., None]] = {
     "log-string": _retype(_log, lambda c, k: c.set(k, "garbage")),
@@ -329,13 +371,17 @@ def _damage_cases() -> list[Any]:
             damages.update(DIGEST_DAMAGE)
         if script in ("claim", "transition", "record_error", "deregister", "force_release"):
             damages.update(LOG_DAMAGE)
+        if script in ("transition", "update", "record_error"):
+            damages.update(SEQ_DAMAGE)
+        if script in ("transition", "record_error", "deregister"):
+            damages.update(RETENTION_DAMAGE)
         if script == "claim":
             damages.update(FENCE_DAMAGE)
         cases += [pytest.param(script, name, id=f"{script}-{name}") for name in damages]
     return cases
 
 
-ALL_DAMAGE = {**STATUS_DAMAGE, **DIGEST_DAMAGE, **LOG_DAMAGE, **FENCE_DAMAGE}
+ALL_DAMAGE = {**STATUS_DAMAGE, **DIGEST_DAMAGE, **SEQ_DAMAGE, **RETENTION_DAMAGE, **LOG_DAMAGE, **FENCE_DAMAGE}
 
 
 @pytest.mark.parametrize(("script", "damage"), _damage_cases())
@@ -349,7 +395,8 @@ def test_damaged_key_is_corrupt_and_writes_nothing(
 ) -> None:
     """A key holding something the scripts never write (a string, list, set, zset or stream at
     the status key, the seed's JSON document, a hash without or with a malformed ownerDigest or
-    fencingToken, a non-stream log, a non-integer fence) is answered with the CORRUPT reply word
+    fencingToken, an exchangeId that is not its key's id, a malformed seq, a retentionMs below one
+    day, a non-stream log, a non-integer fence) is answered with the CORRUPT reply word
     and a reason; the damaged keys and the log stay byte-identical (no foreign key is
     overwritten), although the same call on a healthy record would write."""
     ALL_DAMAGE[damage](admin, held.res)  # the damage is done by the admin (RPUSH, SADD, ZADD are no worker commands)
@@ -421,6 +468,10 @@ INVALID_ID_STRINGS = [
     "-a",
     ".a",
     "\u00e9",
+    "0",  # v2: canonical ids, an all-digit id is a positive integer without leading zero
+    "07",
+    "00",
+    "0" * 64,
     "\uff11",  # FULLWIDTH DIGIT ONE
     "e\u0301",  # e + COMBINING ACUTE ACCENT (NFD)
 ]

@@ -17,6 +17,9 @@ from tests.support import iso_ms
 
 from .conftest import Claim, claim_with
 from .helpers import (
+    PRIVATE_FIELDS,
+    PUBLIC_FIELDS,
+    RETENTION_MS,
     TTL_MS,
     Owner,
     Resource,
@@ -45,7 +48,8 @@ READS = ("hgetall", "hmget", "hget", "get", "pttl", "ttl", "exists", "type")
 def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, admin: redis.Redis) -> None:
     """A claim on a free resource answers CLAIMED/new with a fencing token; the record is an idle
     hash with server timestamps, the TTL asked for and sha1hex(token) as owner digest (the token
-    itself is stored nowhere); the fence key holds the token and never expires; one claim entry."""
+    itself is stored nowhere), seq 0, the retention asked for, contract 2 and no stateTable (the
+    default table); the fence key holds the token and never expires; one claim entry."""
     token = new_token()
     since = server_now(admin)
     reply = call("claim", res.keys_for("claim"), claim_args(token, exchange_id=res.id))
@@ -59,6 +63,8 @@ def test_claim_creates_record_fence_and_log(res: Resource, call: Scripts, admin:
     assert record["fencingToken"] == fencing
     assert record["instanceId"] == "worker-a"
     assert record["ownerDigest"] == hashlib.sha1(token.encode()).hexdigest()
+    assert (record["seq"], record["retentionMs"], record["contract"]) == ("0", RETENTION_MS, "2")
+    assert "stateTable" not in record
     assert record["lastHeartbeat"] == record["lastStateChange"] == record["registeredAt"]
     assert_recent_iso(admin, record["registeredAt"], since)
     assert "connectedAt" not in record
@@ -78,7 +84,8 @@ def test_conflict_is_one_round_trip_with_holder_and_ttl(fresh_server: RedisServe
     """A claim on a held resource is answered in ONE round trip: under CONFIG RESETSTAT + INFO
     commandstats there is exactly one EVALSHA, and every read command counted was run inside the
     script (MONITOR attributes it to lua), none by the client. The reply is CONFLICT, the holder's
-    PTTL (close to its TTL) and the holder's record fields; nothing is written."""
+    PTTL (close to its TTL) and the holder's public record fields, in the order of lua/README.md
+    (never ownerDigest, seq or retentionMs); nothing is written."""
     c = make_client(fresh_server)
     admin = make_admin_client(fresh_server)
     watcher = make_admin_client(fresh_server)
@@ -109,7 +116,9 @@ def test_conflict_is_one_round_trip_with_holder_and_ttl(fresh_server: RedisServe
         assert reply[0] == "CONFLICT"
         assert int(TTL_MS) - 2000 < reply[1] <= int(TTL_MS)
         fields = dict(zip(reply[2::2], reply[3::2], strict=True))
-        assert fields == hgetall(admin, res.status)
+        record = hgetall(admin, res.status)
+        assert fields == {k: v for k, v in record.items() if k not in PRIVATE_FIELDS}
+        assert list(fields) == [k for k in PUBLIC_FIELDS if k in record]
         assert fields["hostname"] == "host-h"
         assert fields["instanceId"] == "holder-1"
         assert fields["fencingToken"] == str(holder.fencing_token)
@@ -177,7 +186,9 @@ def test_conflict_through_python_api(fresh_server: RedisServer, namespace: str) 
 
 
 def release_by_deregister(o: Owner, scripts: Scripts, admin: redis.Redis, server: RedisServer | None) -> Scripts:
-    assert scripts("deregister", o.res.keys_for("deregister"), deregister_args(o.token))[0] == "RELEASED"
+    assert scripts("deregister", o.res.keys_for("deregister"), deregister_args(o.token, o.fencing_token))[0] == (
+        "RELEASED"
+    )
     return scripts
 
 
@@ -194,7 +205,9 @@ def release_by_deleting_everything(
 
 
 def release_by_script_flush(o: Owner, scripts: Scripts, admin: redis.Redis, server: RedisServer | None) -> Scripts:
-    assert scripts("deregister", o.res.keys_for("deregister"), deregister_args(o.token))[0] == "RELEASED"
+    assert scripts("deregister", o.res.keys_for("deregister"), deregister_args(o.token, o.fencing_token))[0] == (
+        "RELEASED"
+    )
     admin.script_flush()
     with pytest.raises(redis.exceptions.NoScriptError):
         scripts("heartbeat", [o.res.status], [o.token, TTL_MS])
@@ -242,11 +255,15 @@ def test_fencing_token_increases_after_fence_key_deleted(
 ) -> None:
     """With the fence key deleted (and set back to a tiny value), the next claim's token is
     still above the previous one: the token is never below the server clock in microseconds."""
-    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token))[0] == "RELEASED"
+    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token, owner.fencing_token))[0] == (
+        "RELEASED"
+    )
     admin.delete(res.fence)
     second = claim(res)
     assert second.fencing_token > owner.fencing_token
-    assert call("deregister", res.keys_for("deregister"), deregister_args(second.token))[0] == "RELEASED"
+    assert call("deregister", res.keys_for("deregister"), deregister_args(second.token, second.fencing_token))[0] == (
+        "RELEASED"
+    )
     admin.set(res.fence, "1")
     assert claim(res).fencing_token > second.fencing_token
 
@@ -299,7 +316,9 @@ def test_fencing_tokens_strictly_increase_across_every_kind_of_loss(fresh_server
         tokens = []
         o = claim_with(scripts)(res)
         tokens.append(o.fencing_token)
-        scripts("deregister", res.keys_for("deregister"), deregister_args(o.token))
+        assert scripts("deregister", res.keys_for("deregister"), deregister_args(o.token, o.fencing_token))[0] == (
+            "RELEASED"
+        )
         o = claim_with(scripts)(res, ttl_ms="30")
         tokens.append(o.fencing_token)
         time.sleep(0.08)
@@ -332,12 +351,14 @@ def test_self_reclaim_issues_a_higher_token(
     owner: Owner, call: Scripts, admin: redis.Redis, snapshot: Callable[[Resource], Snapshot]
 ) -> None:
     """ARGV[7]="1" with the holder's own instance_id and a new token takes the record over:
-    CLAIMED/reclaim with a higher token, a fresh idle record (stale fields of the old one gone),
-    the old owner's token now answers TAKEN, and the log says what was replaced."""
+    CLAIMED/reclaim with a higher token, a fresh idle record (stale fields of the old one gone,
+    seq back to 0, the new claim's table), the old owner's token now answers TAKEN, and the log
+    says what was replaced."""
     res = owner.res
-    admin.hset(res.status, mapping={"connectionState": "active", "lastError": "boom", "connectedAt": "x"})
+    admin.hset(res.status, mapping={"connectionState": "active", "lastError": "boom", "connectedAt": "x", "seq": "9"})
     token = new_token()
-    reply = call("claim", res.keys_for("claim"), claim_args(token, exchange_id=res.id, reclaim="1"))
+    args = claim_args(token, exchange_id=res.id, reclaim="1", table="idle>active active>idle")
+    reply = call("claim", res.keys_for("claim"), args)
     assert reply[0] == "CLAIMED"
     assert reply[2] == "reclaim"
     assert int(reply[1]) > owner.fencing_token
@@ -346,6 +367,7 @@ def test_self_reclaim_issues_a_higher_token(
     assert "lastError" not in record
     assert "connectedAt" not in record
     assert record["fencingToken"] == reply[1]
+    assert (record["seq"], record["stateTable"]) == ("0", "idle>active active>idle")
     entry = last_entry(admin, res.log)
     assert (entry["how"], entry["replaced"], entry["fencingToken"]) == ("reclaim", str(owner.fencing_token), reply[1])
     before = snapshot(res)

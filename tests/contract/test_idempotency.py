@@ -1,5 +1,7 @@
 """Every mutating script, sent twice with identical arguments (as a client retry after a timeout
-does), ends in the same state as sent once, with exactly one log entry for the operation."""
+does), ends in the same state as sent once, with exactly one log entry for the operation: claims
+answer ``retry``, owner operations are replay-safe by ``seq`` (the retry answers REPLAYED and is
+never re-applied), and a deregister retried after it was applied answers REPLAYED."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from .helpers import (
     heartbeat_args,
     hgetall,
     last_entry,
-    new_request_id,
     new_token,
+    next_seq,
     record_error_args,
     transition_args,
     update_args,
@@ -41,29 +43,35 @@ def test_claim_retry(res: Resource, call: Scripts, admin: redis.Redis) -> None:
 
 
 def test_transition_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
-    """A transition repeated with the same request_id answers OK with the same state and
-    timestamp (not BAD_TRANSITION, although starting->starting is no edge) and writes nothing."""
+    """A transition repeated with the same seq answers REPLAYED with the applied seq and the
+    current state (not BAD_TRANSITION, although starting->starting is no edge) and writes
+    nothing: one state_transition entry."""
     res = owner.res
-    args = transition_args(owner.token, "starting", request_id=new_request_id())
+    seq = next_seq()
+    args = transition_args(owner.token, "starting", seq=seq)
     first = call("transition", res.keys_for("transition"), args)
     once = hgetall(admin, res.status)
+    dumps = [admin.dump(k) for k in res.all]
     second = call("transition", res.keys_for("transition"), args)
-    assert first == second
     assert first[:2] == ["OK", "starting"]
+    assert second == ["REPLAYED", seq, "starting"]
+    assert once["seq"] == seq
     assert hgetall(admin, res.status) == once
+    assert [admin.dump(k) for k in res.all] == dumps
     assert log_events(admin, res) == ["claim", "state_transition"]
 
 
 def test_record_error_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
-    """record_error repeated with the same request_id answers OK with the same lastErrorAt and
-    writes nothing: one error entry."""
+    """record_error repeated with the same seq answers REPLAYED (the applied seq and the state)
+    and writes nothing: lastErrorAt stays the first call's, one error entry."""
     res = owner.res
-    args = record_error_args(owner.token, "feed disconnected", request_id=new_request_id())
+    seq = next_seq()
+    args = record_error_args(owner.token, "feed disconnected", seq=seq)
     first = call("record_error", res.keys_for("record_error"), args)
     once = hgetall(admin, res.status)
     second = call("record_error", res.keys_for("record_error"), args)
-    assert first == second
     assert first[0] == "OK"
+    assert second == ["REPLAYED", seq, "idle"]
     assert once["lastError"] == "feed disconnected"
     assert once["lastErrorAt"] == first[1]
     assert hgetall(admin, res.status) == once
@@ -71,24 +79,28 @@ def test_record_error_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> 
 
 
 def test_deregister_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
-    """deregister repeated with the same request_id answers RELEASED with the same final state
-    (found from its own log entry), not EXPIRED, and writes nothing: one deregister entry."""
+    """deregister repeated with the same arguments answers REPLAYED with the final state (found
+    from its own log entry), not EXPIRED, and writes nothing: one deregister entry."""
     res = owner.res
     assert call("transition", res.keys_for("transition"), transition_args(owner.token, "starting"))[0] == "OK"
-    args = deregister_args(owner.token, request_id=new_request_id())
+    args = deregister_args(owner.token, owner.fencing_token)
     first = call("deregister", res.keys_for("deregister"), args)
     dumps = [admin.dump(k) for k in res.all]
     second = call("deregister", res.keys_for("deregister"), args)
-    assert first == second == ["RELEASED", "starting"]
+    assert first == ["RELEASED", "starting"]
+    assert second == ["REPLAYED", "starting"]
     assert [admin.dump(k) for k in res.all] == dumps
     assert log_events(admin, res) == ["claim", "state_transition", "deregister"]
-    # A different request id is a different call: the record is gone.
-    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token)) == ["EXPIRED"]
+    # Another fencing token names another lease, which was not released by its owner: EXPIRED.
+    other = deregister_args(owner.token, owner.fencing_token + 1)
+    assert call("deregister", res.keys_for("deregister"), other) == ["EXPIRED"]
+    assert [admin.dump(k) for k in res.all] == dumps
 
 
-def test_update_twice(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
-    """Each update group applied twice leaves the same record as applied once (updates are not
-    logged, so the log keeps only the claim)."""
+def test_update_retry(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
+    """Each update group sent twice with the same seq is applied once: the retry answers REPLAYED
+    and leaves the record as the first call left it (updates are not logged, so the log keeps
+    only the claim)."""
     res = owner.res
     for args in (
         ["symbols", "120", ""],
@@ -96,10 +108,12 @@ def test_update_twice(owner: Owner, call: Scripts, admin: redis.Redis) -> None:
         ["address", "2001:db8::1", "NL"],
         ["admin", "", ""],
     ):
-        full = update_args(owner.token, *args)
+        seq = next_seq()
+        full = update_args(owner.token, *args, seq=seq)
         assert call("update", [res.status], full) == ["OK"]
         once = hgetall(admin, res.status)
-        assert call("update", [res.status], full) == ["OK"]
+        assert once["seq"] == seq
+        assert call("update", [res.status], full) == ["REPLAYED", seq, "idle"]
         assert hgetall(admin, res.status) == once
     record = hgetall(admin, res.status)
     assert (record["symbolCount"], record["ipAddress"], record["countryCode"]) == ("120", "2001:db8::1", "NL")

@@ -1,5 +1,6 @@
-"""An owner that lost its lease (expired, released or taken over) gets EXPIRED or TAKEN from every
-owner script, and nothing is written: no resurrected record, no ghost keys, no log entry, and the
+"""An owner that lost its lease (expired, released, removed by an operator or taken over) gets
+EXPIRED or TAKEN from every owner script (a deregister of a lease its owner already released:
+REPLAYED), and nothing is written: no resurrected record, no ghost keys, no log entry, and the
 new owner's record is left byte-identical."""
 
 from __future__ import annotations
@@ -19,18 +20,19 @@ from .helpers import (
     Snapshot,
     assert_unchanged,
     deregister_args,
+    force_release_args,
     heartbeat_args,
     record_error_args,
     transition_args,
     update_args,
 )
 
-OWNER_CALLS: dict[str, Callable[[str], list[str]]] = {
-    "heartbeat": heartbeat_args,
-    "transition": lambda token: transition_args(token, "starting"),
-    "update": lambda token: update_args(token, "admin", "ops@example.com", "Ops"),
-    "record_error": record_error_args,
-    "deregister": deregister_args,
+OWNER_CALLS: dict[str, Callable[[Owner], list[str]]] = {
+    "heartbeat": lambda o: heartbeat_args(o.token),
+    "transition": lambda o: transition_args(o.token, "starting"),
+    "update": lambda o: update_args(o.token, "admin", "ops@example.com", "Ops"),
+    "record_error": lambda o: record_error_args(o.token),
+    "deregister": lambda o: deregister_args(o.token, o.fencing_token),
 }
 
 
@@ -78,7 +80,7 @@ def test_heartbeat_after_expiry_creates_nothing(
 
 
 @pytest.mark.parametrize("script", sorted(OWNER_CALLS))
-@pytest.mark.parametrize("loss", ["expired", "released", "taken"])
+@pytest.mark.parametrize("loss", ["expired", "released", "force-released", "taken", "released-then-taken"])
 def test_owner_script_on_lost_lease_writes_nothing(
     script: str,
     loss: str,
@@ -89,20 +91,28 @@ def test_owner_script_on_lost_lease_writes_nothing(
     snapshot: Callable[[Resource], Snapshot],
 ) -> None:
     """update, record_error, transition, deregister and heartbeat on a lost lease: EXPIRED when
-    the record is gone (expired, or deregistered by the owner), TAKEN with the new token when
-    another owner holds it. No ghost key is created, no log entry added, and another owner's
-    record stays byte-identical."""
+    the record is gone (expired, deregistered by the owner, or removed by an operator), TAKEN
+    with the new token when another owner holds it. The exception is deregister on a lease its
+    owner released: REPLAYED with the final state, also after another owner claimed since (v2:
+    a retried release is told apart from a lease lost before its release). No ghost key is
+    created, no log entry added, and another owner's record stays byte-identical."""
     o = claim(res, ttl_ms="50")
-    if loss == "released":
-        assert call("deregister", res.keys_for("deregister"), deregister_args(o.token))[0] == "RELEASED"
+    if loss.startswith("released"):
+        assert call("deregister", res.keys_for("deregister"), deregister_args(o.token, o.fencing_token))[0] == (
+            "RELEASED"
+        )
+    elif loss == "force-released":
+        assert call("force_release", res.keys_for("force_release"), force_release_args())[0] == "RELEASED"
     else:
         time.sleep(0.1)
     expected = ["EXPIRED"]
-    if loss == "taken":
+    if loss.endswith("taken"):
         new = claim(res, instance_id="worker-b")
         expected = ["TAKEN", str(new.fencing_token)]
+    if script == "deregister" and loss.startswith("released"):
+        expected = ["REPLAYED", "idle"]
     before = snapshot(res)
-    reply = call(script, res.keys_for(script), OWNER_CALLS[script](o.token))
+    reply = call(script, res.keys_for(script), OWNER_CALLS[script](o))
     assert reply == expected
-    assert admin.exists(res.status) == (1 if loss == "taken" else 0)
+    assert admin.exists(res.status) == (1 if loss.endswith("taken") else 0)
     assert_unchanged(before, snapshot(res))

@@ -12,6 +12,7 @@ from pylivermore import Registry
 
 from .conftest import Claim
 from .helpers import (
+    COMMON_ENTRY_FIELDS,
     STATES,
     Owner,
     Resource,
@@ -24,7 +25,6 @@ from .helpers import (
     heartbeat_args,
     hgetall,
     last_entry,
-    new_request_id,
     server_now,
     transition_args,
     update_args,
@@ -36,15 +36,15 @@ def test_deregister_deletes_record_keeps_fence_and_logs_final_state(
 ) -> None:
     """After idle -> starting -> stopping -> stopped, deregister answers RELEASED "stopped",
     deletes the record, keeps the fence key (no TTL, value = the released token) and logs a
-    deregister entry with the final state, the token, the request id and the holder's identity."""
+    deregister entry with the final state, the token and the holder's identity: exactly the
+    common fields and ``state`` (v2: no request id)."""
     res = owner.res
     for step in ("starting", "stopping", "stopped"):
         assert call("transition", res.keys_for("transition"), transition_args(owner.token, step))[0] == "OK"
     record = hgetall(admin, res.status)
     length = admin.xlen(res.log)
-    rid = new_request_id()
     since = server_now(admin)
-    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token, request_id=rid)) == [
+    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token, owner.fencing_token)) == [
         "RELEASED",
         "stopped",
     ]
@@ -56,7 +56,8 @@ def test_deregister_deletes_record_keeps_fence_and_logs_final_state(
     assert entry["event"] == "deregister"
     assert entry["state"] == "stopped"
     assert entry["fencingToken"] == str(owner.fencing_token)
-    assert entry["requestId"] == rid
+    assert set(entry) == set(COMMON_ENTRY_FIELDS) | {"state"}
+    assert entry["ip"] == ""
     for field in ("exchangeId", "exchangeName", "hostname", "instanceId"):
         assert entry[field] == record[field]
     assert_recent_iso(admin, entry["timestamp"], since)
@@ -68,7 +69,7 @@ def test_deregister_logs_the_state_it_was_in(state: str, owner: Owner, call: Scr
     """Deregister is allowed from every state (it is not a transition) and reports and logs
     that state as the final one."""
     admin.hset(owner.res.status, "connectionState", state)
-    reply = call("deregister", owner.res.keys_for("deregister"), deregister_args(owner.token))
+    reply = call("deregister", owner.res.keys_for("deregister"), deregister_args(owner.token, owner.fencing_token))
     assert reply == ["RELEASED", state]
     assert last_entry(admin, owner.res.log)["state"] == state
     assert admin.exists(owner.res.status) == 0
@@ -80,7 +81,8 @@ def test_force_release_logs_reason_and_operator(
     """force_release removes an active holder: RELEASED with the holder's token and state; the
     record is deleted, the fence kept, and the entry carries the reason and operator (UTF-8 kept
     as is), the state, the token and the holder's IP. The old holder then gets EXPIRED from
-    heartbeat and deregister, and nothing is re-created."""
+    heartbeat and deregister (its lease was removed, not released by its owner: not REPLAYED),
+    and nothing is re-created."""
     res = owner.res
     assert call("update", [res.status], update_args(owner.token, "address", "198.51.100.4", "FR")) == ["OK"]
     for step in ("starting", "warming", "active"):
@@ -96,10 +98,13 @@ def test_force_release_logs_reason_and_operator(
     assert (entry["reason"], entry["operator"]) == (reason, "alice@ops")
     assert (entry["state"], entry["fencingToken"], entry["ip"]) == ("active", str(owner.fencing_token), "198.51.100.4")
     assert entry["instanceId"] == owner.instance_id
+    assert set(entry) == set(COMMON_ENTRY_FIELDS) | {"state", "reason", "operator"}
     assert_recent_iso(admin, entry["timestamp"], since)
     before = snapshot(res)
     assert call("heartbeat", [res.status], heartbeat_args(owner.token)) == ["EXPIRED"]
-    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token)) == ["EXPIRED"]
+    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token, owner.fencing_token)) == [
+        "EXPIRED"
+    ]
     assert_unchanged(before, snapshot(res))
 
 
@@ -109,7 +114,9 @@ def test_force_release_of_a_free_resource_is_absent(
     """force_release when nobody holds the resource answers ABSENT and writes nothing (no log
     entry, fence untouched)."""
     res = owner.res
-    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token))[0] == "RELEASED"
+    assert call("deregister", res.keys_for("deregister"), deregister_args(owner.token, owner.fencing_token))[0] == (
+        "RELEASED"
+    )
     before = snapshot(res)
     assert call("force_release", res.keys_for("force_release"), force_release_args()) == ["ABSENT"]
     assert_unchanged(before, snapshot(res))

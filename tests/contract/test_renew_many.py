@@ -91,7 +91,7 @@ def test_one_key_matches_heartbeat(call: Scripts, owner: Owner, admin: redis.Red
 
 
 BAD_TTLS = ["0", "-1", "9", "86400001", "inf", "nan", "1e3", "0x10", " 15", "15.5", ""]
-BAD_TOKENS = ["short", "x" * 129, "has space-in-it-123", "tok/with/slash/00", ""]
+BAD_TOKENS = ["short", "x" * 31, "x" * 129, "has space-in-it-1234567890abcdef", "tok/with/slash/0123456789abcdef0", ""]
 
 
 @pytest.fixture

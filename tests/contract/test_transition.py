@@ -1,5 +1,6 @@
-"""transition-2.lua: the accepted (from, to) pairs are exactly the SPEC §2 table; junk target
-names are caller bugs; a refused transition writes nothing; an applied one stamps the server time."""
+"""transition-2.lua: the accepted (from, to) pairs are exactly the SPEC §2 table, or the custom
+table the record was claimed with; junk target names are caller bugs; a refused transition writes
+nothing; an applied one stamps the server time and records its seq."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pylivermore import Registry, State
 from .conftest import Claim
 from .helpers import (
     BAD_ARGS,
+    COMMON_ENTRY_FIELDS,
     SPEC_EDGES,
     STATES,
     Owner,
@@ -25,6 +27,7 @@ from .helpers import (
     assert_unchanged,
     hgetall,
     last_entry,
+    next_seq,
     server_now,
     transition_args,
 )
@@ -87,9 +90,9 @@ def test_transition_pair(
     allowed = {(a.value, b.value) for a, bs in pylivermore.TRANSITIONS.items() for b in bs}
     o = in_state(source)
     before = snapshot(o.res)
-    rid = "req-" + source + "-" + target
+    seq = next_seq()
     since = server_now(admin)
-    reply = call("transition", o.res.keys_for("transition"), transition_args(o.token, target, request_id=rid))
+    reply = call("transition", o.res.keys_for("transition"), transition_args(o.token, target, seq=seq))
     if (source, target) not in allowed:
         assert reply == ["BAD_TRANSITION", source]
         assert_unchanged(before, snapshot(o.res))
@@ -100,7 +103,7 @@ def test_transition_pair(
     record = hgetall(admin, o.res.status)
     assert record["connectionState"] == target
     assert record["lastStateChange"] == stamp
-    assert record["transitionRequest"] == rid
+    assert record["seq"] == seq
     if target == "active":
         assert record["connectedAt"] == stamp
     else:
@@ -111,7 +114,8 @@ def test_transition_pair(
     assert (entry["fromState"], entry["toState"]) == (source, target)
     assert entry["timestamp"] == stamp
     assert entry["fencingToken"] == str(o.fencing_token)
-    assert entry["requestId"] == rid
+    assert entry["seq"] == seq
+    assert set(entry) == set(COMMON_ENTRY_FIELDS) | {"fromState", "toState", "adminEmail", "seq"}
     assert 0 < admin.pttl(o.res.status) <= before.pttl, "a transition must not renew the lease"
 
 
@@ -189,32 +193,48 @@ def test_expected_state_compare_and_set(
 
 
 def test_custom_table(
-    owner: Owner, call: Scripts, admin: redis.Redis, snapshot: Callable[[Resource], Snapshot]
+    claim: Claim,
+    make_resource: Callable[[], Resource],
+    call: Scripts,
+    admin: redis.Redis,
+    snapshot: Callable[[Resource], Snapshot],
 ) -> None:
-    """ARGV[5] replaces the default table: with "idle>active active>idle", idle->active is applied
-    (setting connectedAt) and active->idle too, while the default edge idle->starting is refused
-    without writing."""
-    keys = owner.res.keys_for("transition")
+    """The claim's ARGV[9] replaces the default table for the lease (stored as stateTable): with
+    "idle>active active>idle", idle->active is applied (setting connectedAt) and active->idle too,
+    while the default edge idle->starting is refused without writing. A record claimed with the
+    default table refuses idle->active."""
     table = "idle>active active>idle"
+    owner = claim(make_resource(), table=table)
+    keys = owner.res.keys_for("transition")
+    assert hgetall(admin, owner.res.status)["stateTable"] == table
     before = snapshot(owner.res)
-    assert call("transition", keys, transition_args(owner.token, "starting", table=table)) == ["BAD_TRANSITION", "idle"]
+    assert call("transition", keys, transition_args(owner.token, "starting")) == ["BAD_TRANSITION", "idle"]
     assert_unchanged(before, snapshot(owner.res))
-    reply = call("transition", keys, transition_args(owner.token, "active", table=table))
+    reply = call("transition", keys, transition_args(owner.token, "active"))
     assert reply[:2] == ["OK", "active"]
     assert hgetall(admin, owner.res.status)["connectedAt"] == reply[2]
-    assert call("transition", keys, transition_args(owner.token, "idle", table=table))[:2] == ["OK", "idle"]
-    # Back on the default table, idle -> active is not an edge.
-    assert call("transition", keys, transition_args(owner.token, "active")) == ["BAD_TRANSITION", "idle"]
+    assert call("transition", keys, transition_args(owner.token, "idle"))[:2] == ["OK", "idle"]
+    assert hgetall(admin, owner.res.status)["stateTable"] == table
+    # On the default table, idle -> active is not an edge.
+    default = claim(make_resource())
+    before = snapshot(default.res)
+    reply = call("transition", default.res.keys_for("transition"), transition_args(default.token, "active"))
+    assert reply == ["BAD_TRANSITION", "idle"]
+    assert_unchanged(before, snapshot(default.res))
 
 
-def test_custom_table_of_2048_bytes_is_accepted(owner: Owner, call: Scripts) -> None:
-    """The table limit is inclusive: a 2048-byte table is used (2049 bytes is bad-args, see
-    test_bad_input)."""
+def test_custom_table_of_2048_bytes_is_accepted(
+    claim: Claim, make_resource: Callable[[], Resource], call: Scripts, admin: redis.Redis
+) -> None:
+    """The table limit is inclusive: a 2048-byte table is stored and used (2049 bytes is
+    bad-args, see test_bad_input)."""
     head = "idle>starting"
     filler = " a>b" * ((2048 - len(head)) // 4)
     table = head + filler + "x" * (2048 - len(head) - len(filler))
     assert len(table) == 2048
-    reply = call("transition", owner.res.keys_for("transition"), transition_args(owner.token, "starting", table=table))
+    owner = claim(make_resource(), table=table)
+    assert hgetall(admin, owner.res.status)["stateTable"] == table
+    reply = call("transition", owner.res.keys_for("transition"), transition_args(owner.token, "starting"))
     assert reply[:2] == ["OK", "starting"]
 
 

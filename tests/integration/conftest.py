@@ -7,6 +7,11 @@ asyncio driver's coroutines and passes the sync driver's results through; the sy
 blocking calls then simply run on the event loop's thread, and its heartbeat in its own thread.
 Inspection goes through ``topology.admin``, a sync client with every right (``RedisCluster`` on
 the cluster, so key commands reach the right node).
+
+Two more flavours run the same tests over Redis Functions (``transport="functions"``, ``FCALL``):
+``standalone-sync-functions`` and ``cluster-async-functions``. Their worker is a user with exactly
+``pylivermore.acl.FUNCTION_WORKER_COMMANDS`` (on every key, like the suite's ``default`` user), made
+on each server when the flavour starts, and :meth:`Topology.registry` passes the transport on.
 """
 
 from __future__ import annotations
@@ -22,19 +27,49 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from pylivermore import AsyncLease, AsyncRegistry, Registry
+from pylivermore import AsyncLease, AsyncRegistry, Registry, acl
 from pylivermore._keys import Keys
+from pylivermore._library import library
+from pylivermore._scripts import load_scripts
 from pylivermore.server import RedisServer
-from tests.conftest import make_admin_client, make_async_client, make_client
+from tests.conftest import ACL_MODE, make_admin_client, make_async_client, make_client
 from tests.topology import ClusterSet
 
 #: Every combination; a test that makes sense on one driver only narrows it with
 #: ``@pytest.mark.parametrize("topology", ASYNC_ONLY, indirect=True)``.
-FLAVOURS = ["standalone-sync", "standalone-async", "cluster-sync", "cluster-async"]
+FLAVOURS = [
+    "standalone-sync",
+    "standalone-async",
+    "cluster-sync",
+    "cluster-async",
+    "standalone-sync-functions",
+    "cluster-async-functions",
+]
 ASYNC_ONLY = ["standalone-async", "cluster-async"]
 
-#: Script commands counted in ``INFO commandstats``.
-SCRIPT_STATS = ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro")
+#: Script and function invocations counted in ``INFO commandstats``.
+SCRIPT_STATS = (
+    "cmdstat_eval",
+    "cmdstat_evalsha",
+    "cmdstat_eval_ro",
+    "cmdstat_evalsha_ro",
+    "cmdstat_fcall",
+    "cmdstat_fcall_ro",
+)
+
+#: The worker of the functions flavours: a user with exactly acl.FUNCTION_WORKER_COMMANDS.
+FUNCTIONS_USER, FUNCTIONS_PASSWORD = "functions-worker", "pylivermore-test-functions"
+
+
+def add_functions_user(admins: Iterable[redis.Redis]) -> dict[str, str]:
+    """Make the functions worker on each server of *admins*; the client options that log in as it."""
+    if not ACL_MODE:
+        return {}
+    rules = ["reset", "on", f">{FUNCTIONS_PASSWORD}", "resetkeys", "~*", "resetchannels", "-@all"]
+    rules += [f"+{c}" for c in acl.FUNCTION_WORKER_COMMANDS]
+    for admin in admins:
+        admin.execute_command("ACL", "SETUSER", FUNCTIONS_USER, *rules)
+    return {"username": FUNCTIONS_USER, "password": FUNCTIONS_PASSWORD}
 
 
 async def io(value: Any) -> Any:
@@ -70,9 +105,11 @@ class Topology:
         *,
         server: RedisServer | None = None,
         cluster: ClusterSet | None = None,
+        transport: str = "scripts",
     ) -> None:
         self.kind = kind
         self.is_async = is_async
+        self.transport = transport
         self.client = client
         self.admin = admin
         self.server = server
@@ -80,7 +117,7 @@ class Topology:
         self._registries: list[Registry | AsyncRegistry] = []
 
     def __repr__(self) -> str:
-        return f"<Topology {self.kind}-{'async' if self.is_async else 'sync'}>"
+        return f"<Topology {self.kind}-{'async' if self.is_async else 'sync'}-{self.transport}>"
 
     @property
     def is_cluster(self) -> bool:
@@ -89,6 +126,7 @@ class Topology:
     def registry(self, client: Any = None, **options: Any) -> Any:
         """A ``Registry`` (sync) or ``AsyncRegistry`` (asyncio) on the worker's client."""
         cls = AsyncRegistry if self.is_async else Registry
+        options.setdefault("transport", self.transport)
         registry = cls(client if client is not None else self.client, **options)
         self._registries.append(registry)
         return registry
@@ -142,6 +180,19 @@ class Topology:
         for admin in self.masters():
             admin.config_resetstat()
 
+    def flush_code(self, admin: redis.Redis) -> None:
+        """Make *admin*'s server forget what the transport calls: ``SCRIPT FLUSH`` or ``FUNCTION FLUSH``."""
+        if self.transport == "functions":
+            admin.function_flush("SYNC")
+        else:
+            admin.script_flush()
+
+    def code_loaded(self, admin: redis.Redis) -> bool:
+        """Whether *admin*'s server has what the heartbeat calls: ``renew_many``'s script, or the library."""
+        if self.transport == "functions":
+            return bool(admin.function_list(library=library().name))
+        return admin.script_exists(load_scripts()["renew_many"].sha1) == [True]
+
     def renewal_groups(self, namespace: str, ids: Iterable[int | str], batch: int) -> int:
         """The fewest renew_many calls that can renew *ids* once: a script runs on one hash
         slot, so on a cluster the leases are batched per slot (*batch* at most per call)."""
@@ -158,24 +209,35 @@ class Topology:
         self.admin.close()
 
 
-def standalone(server: RedisServer, is_async: bool) -> Topology:
-    client = make_async_client(server) if is_async else make_client(server)
-    return Topology("standalone", is_async, client, make_admin_client(server), server=server)
+def standalone(server: RedisServer, is_async: bool, transport: str = "scripts") -> Topology:
+    admin = make_admin_client(server)
+    login: dict[str, str] = add_functions_user([admin]) if transport == "functions" else {}
+    client = make_async_client(server, **login) if is_async else make_client(server, **login)
+    return Topology("standalone", is_async, client, admin, server=server, transport=transport)
 
 
-def on_cluster(cluster: ClusterSet, is_async: bool) -> Topology:
-    client = cluster.async_client() if is_async else cluster.client()
-    return Topology("cluster", is_async, client, cluster.admin_client(), cluster=cluster)
+def on_cluster(cluster: ClusterSet, is_async: bool, transport: str = "scripts") -> Topology:
+    login = add_functions_user(node.admin for node in cluster.alive()) if transport == "functions" else {}
+    client = cluster.async_client(**login) if is_async else cluster.client(**login)
+    return Topology("cluster", is_async, client, cluster.admin_client(), cluster=cluster, transport=transport)
 
 
 @pytest.fixture(params=FLAVOURS)
 async def topology(request: pytest.FixtureRequest) -> AsyncIterator[Topology]:
-    """Standalone (the session server) or cluster (the session cluster), sync or asyncio."""
-    kind, mode = request.param.split("-")
+    """Standalone (the session server) or cluster (the session cluster), sync or asyncio, over the
+    scripts or (``-functions``) over Redis Functions."""
+    kind, mode, *rest = request.param.split("-")
+    transport = rest[0] if rest else "scripts"
     if kind == "standalone":
-        t = standalone(request.getfixturevalue("redis_server"), mode == "async")
+        server = request.getfixturevalue("redis_server")
+        if transport == "functions" and server.version < (7, 0):
+            pytest.skip(f"Redis Functions need Redis >= 7.0 ({server.name} {server.release})")
+        t = standalone(server, mode == "async", transport)
     else:
-        t = on_cluster(request.getfixturevalue("cluster"), mode == "async")
+        cluster = request.getfixturevalue("cluster")
+        if transport == "functions" and cluster.masters()[0].server.version < (7, 0):
+            pytest.skip("Redis Functions need Redis >= 7.0")
+        t = on_cluster(cluster, mode == "async", transport)
     try:
         yield t
     finally:

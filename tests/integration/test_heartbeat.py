@@ -28,7 +28,6 @@ import pylivermore
 from pylivermore import LeaseLostError, State
 from pylivermore._keys import Keys
 from pylivermore._renewal import BATCH
-from pylivermore._scripts import load_scripts
 from tests.integration.conftest import Topology, io
 from tests.support import (
     DEADLINE,
@@ -395,23 +394,21 @@ async def test_paused_server_loses_lease_at_deadline(fresh_standalone: Topology,
 
 
 async def test_script_flush_is_survived(topology: Topology, namespace: str) -> None:
-    """After SCRIPT FLUSH (on every master) the next heartbeat reloads its script (NOSCRIPT) on
-    the server that holds the lease and renews, a transition reloads and applies exactly once,
-    and the lease is never lost."""
+    """After SCRIPT FLUSH (FUNCTION FLUSH over functions; on every master) the next heartbeat reloads
+    its script (NOSCRIPT) or the library (Function not found) on the server that holds the lease
+    and renews, a transition reloads and applies exactly once, and the lease is never lost."""
     t = topology
     registry = t.registry(namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
-    shas = [spec.sha1 for spec in load_scripts().values()]
-    beat_sha = load_scripts()["renew_many"].sha1  # the background heartbeat's script
     lost: list[Any] = []
     lease = await io(registry.claim(1, "Binance", on_lost=lost.append))
     await io(lease.transition("starting"))
     await await_beat(t.admin, key)
     for server in t.masters():
-        server.script_flush()
-        assert server.script_exists(*shas) == [False] * len(shas)
+        t.flush_code(server)
+        assert not t.code_loaded(server)
     await await_beat(t.admin, key)
-    assert t.node_admin(key).script_exists(beat_sha) == [True]
+    assert t.code_loaded(t.node_admin(key))  # the heartbeat's renew_many, or the library
     assert await io(lease.transition("warming")) is State.WARMING
     await await_beat(t.admin, key)
     assert lease.is_valid

@@ -85,6 +85,9 @@ def test_wheel_contains_scripts_and_marker(installed: Installed) -> None:
             assert member in names, member
             assert wheel.read(member) == path.read_bytes(), member
         assert "pylivermore/lua/claim-3.lua" in names
+        # the Redis Functions library (pylivermore._library) too
+        functions = ROOT / "lua" / "functions" / "pylivermore.lua"
+        assert wheel.read("pylivermore/lua/functions/pylivermore.lua") == functions.read_bytes()
         assert "pylivermore/py.typed" in names
         for module in sorted((ROOT / "pylivermore").glob("*.py")):
             assert f"pylivermore/{module.name}" in names, module.name

@@ -105,11 +105,18 @@ def test_valid_timing_gives_safe_heartbeat_bounds(hb: float, rd_factor: float, t
     assert 10 <= c.lease_settings.ttl_ms <= 86_400_000
 
 
-@pytest.mark.parametrize("bad", [0.5, 3650 * DAY + 1, math.nan])
+@pytest.mark.parametrize("bad", [0.5, 1.0, 3600.0, DAY - 0.001, 3650 * DAY + 1, math.nan])
 def test_log_retention_bounds(bad: float) -> None:
-    """log_retention must be 1 s .. 3650 days (the scripts' retention_ms range)."""
+    """log_retention must be 1 day .. 3650 days: the contract's floor (no call may trim history younger than a
+    day, finding 4 of issue 9) and the scripts' retention_ms range."""
     with pytest.raises(ValueError, match="log_retention"):
         config(log_retention=bad)
+
+
+def test_log_retention_of_a_day_is_sent_with_the_claim() -> None:
+    """The floor itself is accepted and goes with the claim (the record keeps it for the lease's later writes)."""
+    c = config(log_retention=DAY)
+    assert c.claim(1, "X", reclaim=False).call.args[7] == "86400000"
 
 
 # -- hostname / instance id ------------------------------------------------------------------
@@ -183,11 +190,11 @@ def test_claim_call_encoding() -> None:
     b = c.claim(7, "Binance", reclaim=False)
     assert a.wire_id == "7"
     assert a.keys.status == "ns1:{7}:status"
-    assert a.call.args[1:] == ("1500", "7", "Binance", "h", "i", "1", str(90 * 86_400_000))
+    assert a.call.args[1:] == ("1500", "7", "Binance", "h", "i", "1", str(90 * 86_400_000), "")
     assert b.call.args[6] == "0"
     assert a.token != b.token
     assert a.call.args[0] == a.token
-    assert re.fullmatch(r"[A-Za-z0-9_-]{16,128}", a.token)  # claim-3.lua ARGV[1]
+    assert re.fullmatch(r"[0-9a-f]{32}", a.token)  # claim-3.lua ARGV[1]: 128 random bits
 
 
 @pytest.mark.parametrize(("name", "exc"), [("", ValueError), ("x" * 129, ValueError), (None, TypeError)])

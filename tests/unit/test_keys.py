@@ -8,7 +8,7 @@ import re
 import pytest
 
 from pylivermore._config import RegistryConfig
-from pylivermore._keys import Keys, check_id, check_namespace, status_pattern
+from pylivermore._keys import Keys, check_id, check_namespace, python_id, status_pattern
 from pylivermore._scripts import load_scripts
 
 
@@ -70,6 +70,33 @@ def test_check_id_accepts_slugs(slug: str) -> None:
 def test_int_and_decimal_string_share_a_key() -> None:
     """check_id(7) and check_id('7') give the same wire id, hence the same keys."""
     assert check_id(7) == check_id("7")
+
+
+@pytest.mark.parametrize("bad", ["07", "0", "00", "0001", "0" * 64])
+def test_check_id_refuses_non_canonical_integer_ids(bad: str) -> None:
+    """An all-digit id is an integer: with a leading zero it would be a second id of one resource (contract v2),
+    so it is refused, and the message names the canonical form."""
+    with pytest.raises(ValueError, match="must not start with 0") as info:
+        check_id(bad)
+    if bad.strip("0"):
+        assert f"use {int(bad)}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("wire", "value"),
+    [
+        ("7", 7),
+        ("123456789012345678901234", 123456789012345678901234),
+        ("binance", "binance"),
+        ("0abc", "0abc"),
+        ("7a", "7a"),
+    ],
+)
+def test_python_id_reads_all_digit_ids_as_ints(wire: str, value: int | str) -> None:
+    """The Python form of a wire id is an int exactly when the id is all digits (the lease and every reader
+    agree: lease.exchange_id == status.exchange_id)."""
+    assert python_id(wire) == value
+    assert type(python_id(wire)) is type(value)
 
 
 @pytest.mark.parametrize(

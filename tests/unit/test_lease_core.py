@@ -145,7 +145,7 @@ def test_check_marks_deadline_loss() -> None:
     with pytest.raises(LeaseLostError) as info:
         core.check(SENT + RENEW)
     assert info.value.reason == "deadline"
-    assert info.value.exchange_id == "7"
+    assert info.value.exchange_id == 7  # an all-digit id is an int, as in InstanceStatus
     assert core.lost_reason == "deadline"
 
 
@@ -240,26 +240,36 @@ def test_check_record_compares_fencing_token() -> None:
 
 
 def test_valid_transition_builds_call() -> None:
-    """An edge of the table builds a transition call carrying target, expected state and default table ''."""
+    """An edge of the table builds a transition call carrying the lease's next seq, target and expected state."""
     core = make_core()
     call = core.transition_call("starting", None, SENT + 1)
     assert call.script == "transition"
     assert call.keys == (core.keys.status, core.keys.log)
-    token, request_id, to, expected, table, _retention = call.args
-    assert (token, to, expected, table) == (core.token, "starting", "", "")
-    assert request_id
+    assert call.args == (core.token, "1", "starting", "")
     assert core.transition_done([b"OK", b"starting", b"2026-02-10T12:00:00.000Z"], call) is State.STARTING
     assert core.state is State.STARTING
 
 
-def test_each_transition_call_has_a_fresh_request_id() -> None:
-    """Two logical transitions never share a request id (a shared one would be taken for a retry)."""
+def test_each_call_that_changes_the_record_takes_a_higher_seq() -> None:
+    """Transitions, updates and errors of one lease number their calls 1, 2, 3, ...: a retry resends its own
+    seq (answered REPLAYED once applied), a new call never reuses one."""
     core = make_core()
     first = core.transition_call("starting", None, SENT)
     core.transition_done([b"OK", b"starting", b"t"], first)
+    update = core.update_call(*symbols_args(3), SENT)
+    error = core.record_error_call("boom", SENT)
     second = core.transition_call("warming", "starting", SENT)
-    assert first.args[1] != second.args[1]
+    assert [first.args[1], update.args[1], error.args[1], second.args[1]] == ["1", "2", "3", "4"]
     assert second.args[3] == "starting"
+
+
+def test_replayed_transition_takes_the_records_state() -> None:
+    """REPLAYED (the call was applied by an earlier attempt whose reply was lost) is a success whose
+    state is the record's."""
+    core = make_core()
+    call = core.transition_call("starting", None, SENT)
+    assert core.transition_done([b"REPLAYED", b"1", b"starting"], call) is State.STARTING
+    assert core.state is State.STARTING
 
 
 @pytest.mark.parametrize("state", list(State))
@@ -314,13 +324,20 @@ def test_transition_in_flight_skips_local_check() -> None:
     assert call.args[2] == "warming"
 
 
-def test_custom_table_is_sent_and_enforced() -> None:
-    """A custom table is enforced locally and sent in its wire form."""
-    core = make_core(transitions={"idle": ["active"], "active": ["idle"]})
+def test_custom_table_is_enforced_locally_and_sent_with_the_claim() -> None:
+    """A custom table, with state names of its own, is enforced locally; its wire form goes with the claim
+    (the record keeps it), not with each transition."""
+    config = RegistryConfig(hostname="h", instance_id="i", transitions={"idle": ["paused"], "paused": ["idle"]})
+    pending = config.claim(7, "Binance", reclaim=False)
+    assert pending.call.args[-1] == "idle>paused paused>idle"
+    core = config.claimed(pending, [b"CLAIMED", b"5", b"new"], SENT)
     with pytest.raises(InvalidTransitionError):
         core.transition_call("starting", None, SENT)
-    call = core.transition_call("active", None, SENT)
-    assert call.args[4] == "idle>active active>idle"
+    call = core.transition_call("paused", None, SENT)
+    assert call.args == (core.token, "1", "paused", "")
+    assert core.transition_done([b"OK", b"paused", b"t"], call) == "paused"
+    assert core.state == "paused"
+    assert not isinstance(core.state, State)
 
 
 # -- shutdown and release ----------------------------------------------------------------------
@@ -473,7 +490,7 @@ def test_address_args_output_fits_update_script(ip: str) -> None:
 
 
 def test_update_call_shape() -> None:
-    """update_call sends (token, group, first, second) to the status key only."""
+    """update_call sends (token, seq, group, first, second) to the status key only."""
     core = make_core()
     call = core.update_call(*address_args("203.0.113.9", "de"), SENT)
-    assert call == proto.Call("update", (core.keys.status,), (core.token, "address", "203.0.113.9", "DE"))
+    assert call == proto.Call("update", (core.keys.status,), (core.token, "1", "address", "203.0.113.9", "DE"))

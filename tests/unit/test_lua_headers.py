@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from pylivermore._protocol import REPLIES
-from pylivermore._scripts import ScriptSpec, check_headers, load_scripts, lua_dir
+from pylivermore._scripts import (
+    ScriptSpec,
+    check_headers,
+    check_shared,
+    load_scripts,
+    lua_dir,
+    shared_blocks,
+    sync_shared,
+)
 
 REPO_LUA = Path(__file__).resolve().parents[2] / "lua"
 
@@ -93,11 +101,11 @@ def test_header_drops_an_argv_line_and_spec_agrees(claim: ScriptSpec) -> None:
 
 
 def test_body_uses_undocumented_argv(claim: ScriptSpec) -> None:
-    """A body that reads ARGV[9], which the header does not document, is reported."""
-    drifted = dataclasses.replace(claim, source=claim.source + "\nlocal extra = ARGV[9]\n")
+    """A body that reads ARGV[10], which the header does not document, is reported."""
+    drifted = dataclasses.replace(claim, source=claim.source + "\nlocal extra = ARGV[10]\n")
     problems = problems_for(with_spec(drifted))
     only_about(problems, "claim-3.lua")
-    assert any("body uses ARGV" in p and "9" in p for p in problems)
+    assert any("body uses ARGV" in p and "10" in p for p in problems)
 
 
 def test_body_uses_undocumented_key(claim: ScriptSpec) -> None:
@@ -110,8 +118,8 @@ def test_body_uses_undocumented_key(claim: ScriptSpec) -> None:
 
 def test_guard_disagrees_with_header(claim: ScriptSpec) -> None:
     """A #KEYS/#ARGV guard that does not match the documented counts is reported."""
-    assert "#ARGV ~= 8" in claim.source
-    drifted = dataclasses.replace(claim, source=claim.source.replace("#ARGV ~= 8", "#ARGV ~= 7", 1))
+    assert "#ARGV ~= 9" in claim.source
+    drifted = dataclasses.replace(claim, source=claim.source.replace("#ARGV ~= 9", "#ARGV ~= 8", 1))
     problems = problems_for(with_spec(drifted))
     only_about(problems, "claim-3.lua")
     assert any("guard" in p for p in problems)
@@ -206,3 +214,31 @@ def test_variadic_body_answers_undocumented_word(renew_many: ScriptSpec) -> None
     problems = problems_for(with_spec(drifted))
     only_about(problems, "renew_many-n.lua")
     assert any("SURPRISE" in p for p in problems)
+
+
+# -- shared helpers: one source, checked copies ------------------------------------------------
+
+
+def test_shared_helper_copies_match_their_one_source() -> None:
+    """Every '--- shared: <name>' block of every script is byte for byte the block of lua/shared/helpers.lua,
+    and the helpers several scripts need (owner check, log append, ISO time, key check) are shared, not
+    rewritten per script."""
+    specs = load_scripts()
+    assert check_shared(specs) == []
+    source = shared_blocks((REPO_LUA / "shared" / "helpers.lua").read_text(encoding="utf-8"))
+    used = {name: [s.filename for s in specs.values() if name in shared_blocks(s.source)] for name in source}
+    for name in ("owner", "append", "iso", "keys", "bad"):
+        assert len(used[name]) >= 3, (name, used[name])
+    assert all(used.values()), "a helper of the one source that no script uses"
+
+
+def test_a_drifted_copy_is_reported_and_sync_restores_it(claim: ScriptSpec) -> None:
+    """A script whose copy of a shared helper was edited in place is reported; sync_shared writes the one
+    source's version back."""
+    blocks = shared_blocks((REPO_LUA / "shared" / "helpers.lua").read_text(encoding="utf-8"))
+    assert "text" in shared_blocks(claim.source)
+    drifted_source = claim.source.replace("if #s < lo or #s > hi then return false end", "", 1)
+    assert drifted_source != claim.source
+    problems = check_shared(with_spec(dataclasses.replace(claim, source=drifted_source)))
+    assert problems == ["claim-3.lua: shared block 'text' differs from lua/shared/helpers.lua (make lua-sync)"]
+    assert sync_shared(drifted_source, blocks) == claim.source

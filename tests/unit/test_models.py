@@ -96,9 +96,10 @@ def test_decode_minimal_record_gives_none_for_absent_fields() -> None:
 
 def test_json_is_the_seed_document() -> None:
     """msgspec.json.encode gives the seed's camelCase document, in its field order, with explicit nulls,
-    plus fencingToken and instanceId; timestamps are the stored ISO strings verbatim."""
+    plus fencingToken, instanceId and stateTable; timestamps are the stored ISO strings verbatim."""
     doc = msgspec.json.decode(msgspec.json.encode(decode_status(MINIMAL, KEY)))
-    assert list(doc) == [*SEED_FIELDS, "fencingToken", "instanceId"]
+    assert list(doc) == [*SEED_FIELDS, "fencingToken", "instanceId", "stateTable"]
+    assert doc["stateTable"] is None
     for name in OPTIONAL:
         assert doc[name] is None, name
     for name in ("lastHeartbeat", "lastStateChange", "registeredAt"):
@@ -124,6 +125,12 @@ def test_internal_fields_are_never_exposed() -> None:
     assert FULL["ownerDigest"] not in msgspec.json.encode(s).decode()
 
 
+def test_a_record_whose_exchange_id_is_not_its_keys_is_corrupt() -> None:
+    """A record under exchange:{7}:status that says exchangeId 72 is not read as exchange 72 (nor as 7)."""
+    with pytest.raises(CorruptStatusError, match="not its key's"):
+        decode_status({**MINIMAL, "exchangeId": "72"}, KEY)
+
+
 @pytest.mark.parametrize(
     ("stored", "expected"),
     [("7", 7), ("12345", 12345), ("binance", "binance"), ("kraken-eu", "kraken-eu"), ("007", "007"), ("7a", "7a")],
@@ -131,7 +138,7 @@ def test_internal_fields_are_never_exposed() -> None:
 def test_exchange_id_numeric_only_for_numeric_ids(stored: str, expected: int | str) -> None:
     """exchangeId is a JSON number for integer ids and a string for slugs; a slug with a leading zero
     stays a string (as a number it would name another resource's keys)."""
-    s = decode_status({**MINIMAL, "exchangeId": stored}, KEY)
+    s = decode_status({**MINIMAL, "exchangeId": stored}, f"exchange:{{{stored}}}:status")
     assert s.exchange_id == expected
     assert type(s.exchange_id) is type(expected)
     doc = msgspec.json.decode(msgspec.json.encode(s))
@@ -158,7 +165,7 @@ def test_status_is_frozen() -> None:
         {"symbolCount": "many"},
         {"symbolCount": "1.5"},
         {"fencingToken": "abc"},
-        {"connectionState": "error"},
+        {"connectionState": "x" * 33},
         {"connectionState": "Active"},
         {"connectionState": ""},
     ],

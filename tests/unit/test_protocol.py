@@ -79,13 +79,13 @@ def test_calls_match_script_arity() -> None:
     """Every *_call builder sends exactly the KEYS and ARGV counts its script's header documents."""
     specs = load_scripts()
     calls = [
-        proto.claim_call(KEYS, "t" * 32, 45000, "7", "Binance", "h", "i", False, 1000),
+        proto.claim_call(KEYS, "t" * 32, 45000, "7", "Binance", "h", "i", False, 86400000, ""),
         proto.heartbeat_call(KEYS, "t" * 32, 45000),
-        proto.transition_call(KEYS, "t" * 32, "r1", "starting", "", "", 1000),
-        proto.update_call(KEYS, "t" * 32, "symbols", "3", ""),
-        proto.record_error_call(KEYS, "t" * 32, "r2", "boom", 1000),
-        proto.deregister_call(KEYS, "t" * 32, "r3", 1000),
-        proto.force_release_call(KEYS, "why", "op", 1000),
+        proto.transition_call(KEYS, "t" * 32, 1, "starting", ""),
+        proto.update_call(KEYS, "t" * 32, 2, "symbols", "3", ""),
+        proto.record_error_call(KEYS, "t" * 32, 3, "boom"),
+        proto.deregister_call(KEYS, "t" * 32, 5),
+        proto.force_release_call(KEYS, "why", "op", 86400000),
         proto.renew_many_call([KEYS], ["t" * 32], 45000),
     ]
     assert {c.script for c in calls} == set(specs)
@@ -100,11 +100,11 @@ def test_calls_match_script_arity() -> None:
 
 
 def test_claim_call_layout() -> None:
-    """claim sends (status, log, fence) and encodes ttl, reclaim and retention as decimal strings."""
-    call = proto.claim_call(KEYS, "tok" * 8, 45000, "7", "Binance", "host", "inst", True, 7776000000)
+    """claim sends (status, log, fence) and encodes ttl, reclaim and retention as decimal strings, then the table."""
+    call = proto.claim_call(KEYS, "tok" * 11, 45000, "7", "Binance", "host", "inst", True, 7776000000, "idle>x x>idle")
     assert call.keys == (KEYS.status, KEYS.log, KEYS.fence)
-    assert call.args == ("tok" * 8, "45000", "7", "Binance", "host", "inst", "1", "7776000000")
-    assert proto.claim_call(KEYS, "tok" * 8, 45000, "7", "B", "h", "i", False, 1000).args[6] == "0"
+    assert call.args == ("tok" * 11, "45000", "7", "Binance", "host", "inst", "1", "7776000000", "idle>x x>idle")
+    assert proto.claim_call(KEYS, "tok" * 11, 45000, "7", "B", "h", "i", False, 86400000, "").args[6] == "0"
 
 
 # -- claim -----------------------------------------------------------------------------------

@@ -79,9 +79,18 @@ def test_to_legacy_state_never_returns_error() -> None:
 
 
 def test_to_legacy_state_rejects_unknown() -> None:
-    """Legacy names are not lifecycle states: to_legacy_state('connected') is a ValueError."""
-    with pytest.raises(ValueError, match="unknown state"):
+    """Legacy names are not lifecycle states: to_legacy_state('connected') (a custom state name at most) is a
+    ValueError."""
+    with pytest.raises(ValueError, match="no legacy counterpart"):
         to_legacy_state("connected")
+
+
+@pytest.mark.parametrize("name", ["paused", "error", "connecting", "a" * 32, "draining_out"])
+def test_parse_state_keeps_custom_names_as_str(name: str) -> None:
+    """Any name the contract allows (1-32 chars of [a-z_]) that is not one of the six is a plain str."""
+    value = parse_state(name)
+    assert value == name
+    assert type(value) is str
 
 
 def test_parse_state_accepts_state_and_name() -> None:
@@ -91,10 +100,10 @@ def test_parse_state_accepts_state_and_name() -> None:
         assert parse_state(s.value) is s
 
 
-@pytest.mark.parametrize("junk", ["Active", " idle", "idle ", "", "IDLE", "error", "connecting"])
+@pytest.mark.parametrize("junk", ["Active", " idle", "idle ", "", "IDLE", "a" * 33, "idle-2", "état"])
 def test_parse_state_rejects_junk_strings(junk: str) -> None:
-    """Near-miss strings are ValueErrors whose message repeats the input and lists the valid states."""
-    with pytest.raises(ValueError, match="unknown state") as info:
+    """Names the contract does not allow are ValueErrors whose message repeats the input and lists the valid states."""
+    with pytest.raises(ValueError, match="invalid state") as info:
         parse_state(junk)
     message = str(info.value)
     assert repr(junk) in message
@@ -146,15 +155,29 @@ def test_build_table_of_seed_table_round_trips() -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        {"idle": ["bogus"]},
-        {"bogus": ["idle"]},
+        {"idle": ["Bogus"]},
+        {"bo gus": ["idle"]},
         {"Idle": ["starting"]},
+        {"idle": ["x" * 33]},
     ],
 )
-def test_build_table_rejects_unknown_states(bad: dict[str, list[str]]) -> None:
-    """A custom table naming an unknown state is a ValueError before any round trip."""
-    with pytest.raises(ValueError, match="unknown state"):
+def test_build_table_rejects_invalid_state_names(bad: dict[str, list[str]]) -> None:
+    """A custom table naming a state the contract does not allow is a ValueError before any round trip."""
+    with pytest.raises(ValueError, match="invalid state"):
         build_table(bad)
+
+
+def test_build_table_takes_custom_state_names() -> None:
+    """New state names are plain strs in the table and go into its wire form (claim's `table`)."""
+    table, wire = build_table({"idle": ["paused", "starting"], "paused": ["idle"]})
+    assert table == {State.IDLE: frozenset({"paused", State.STARTING}), "paused": frozenset({State.IDLE})}
+    assert wire == "idle>starting idle>paused paused>idle"
+
+
+def test_build_table_needs_an_edge_leaving_idle() -> None:
+    """Every claim starts in idle: a table without an edge leaving idle is refused."""
+    with pytest.raises(ValueError, match="leaving 'idle'"):
+        build_table({"active": ["stopping"]})
 
 
 @pytest.mark.parametrize("empty", [{}, {"idle": []}, {"idle": [], "active": ()}])
