@@ -39,6 +39,7 @@ from ._protocol import (
     unsupported,
 )
 from ._renewal import (
+    IDLE_LINGER,
     ClusterRound,
     Node,
     NodeClients,
@@ -271,19 +272,51 @@ class AsyncRegistry:
         ``on_lost(lease)`` may be a plain function or a coroutine function. *replicas* and
         *replica_timeout* as in :meth:`Registry.claim <pylivermore.Registry.claim>`.
         """
+        lease = await self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, False)
+        assert lease is not None
+        return lease
+
+    async def try_claim(
+        self,
+        exchange_id: int | str,
+        exchange_name: str,
+        *,
+        reclaim: bool = False,
+        on_lost: Callable[[AsyncLease], object] | None = None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> AsyncLease | None:
+        """:meth:`claim`, but ``None`` when another live owner holds *exchange_id*: no exception is
+        built and the holder is not decoded (the cheap path for callers that only retry)."""
+        return await self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, True)
+
+    async def _claim(
+        self,
+        exchange_id: int | str,
+        exchange_name: str,
+        reclaim: bool,
+        on_lost: Callable[[AsyncLease], object] | None,
+        replicas: int,
+        replica_timeout: float,
+        quiet: bool,
+    ) -> AsyncLease | None:
         pending = self._config.claim(exchange_id, exchange_name, reclaim)
         durable = self._config.durability(replicas, replica_timeout)
         await self._check_server()
         sent = self._clock()
         if durable is None:
-            lease_core = self._config.claimed(pending, await self._run(pending.call), sent)
+            lease_core = self._config.claimed(pending, await self._run(pending.call), sent, quiet)
         else:
             reply, acknowledged = await self._claim_and_wait(pending.call, durable)
-            lease_core = self._config.claimed(pending, reply, sent)
+            lease_core = self._config.claimed(pending, reply, sent, quiet)
+            if lease_core is None:
+                return None
             shortfall = self._config.replication_error(pending.wire_id, acknowledged, durable)
             if shortfall is not None:
                 await self._abandon(lease_core)
                 raise shortfall from (acknowledged if isinstance(acknowledged, Exception) else None)
+        if lease_core is None:
+            return None
         lease = AsyncLease(self, lease_core, on_lost)
         self._heartbeat.add(lease)
         if self._resolver is not no_address:
@@ -536,7 +569,9 @@ class _LossGuard:
 
 
 class _Heartbeat:
-    """One asyncio task per registry renews all its leases; it ends when none is left."""
+    """One asyncio task per registry renews all its leases. It outlives its last lease by
+    :data:`~pylivermore._renewal.IDLE_LINGER` seconds, so that a claim / release cycle never
+    creates a task."""
 
     def __init__(self, registry: AsyncRegistry) -> None:
         self._registry = registry
@@ -558,8 +593,7 @@ class _Heartbeat:
         self._wake.set()
 
     def discard(self, lease: AsyncLease) -> None:
-        self._schedule.discard(lease)
-        self._wake.set()
+        self._schedule.discard(lease)  # no wake-up: the loop finds nothing due at its planned time
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -571,7 +605,16 @@ class _Heartbeat:
     async def _loop(self) -> None:
         clock, registry = self._registry._clock, self._registry
         ahead = registry._config.renew_ahead
-        while self._schedule:
+        while True:
+            if not self._schedule:
+                self._planned = float("inf")
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), IDLE_LINGER)
+                except TimeoutError:
+                    if not self._schedule:  # idle for IDLE_LINGER: end (add() creates another)
+                        return
+                continue
             due = self._schedule.pop_due(clock() + ahead)
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
             if renewals:  # never raises: failed beats are retried until the deadline

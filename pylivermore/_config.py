@@ -9,7 +9,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from redis.backoff import ExponentialBackoff
 
@@ -178,9 +178,19 @@ class RegistryConfig:
         count = acknowledged if isinstance(acknowledged, int) and not isinstance(acknowledged, bool) else -1
         return NotReplicatedError(wire_id, replicas, count, timeout_ms / 1000)
 
-    def claimed(self, pending: PendingClaim, reply: object, sent_at: float) -> LeaseCore:
-        """The new lease's core; raises :class:`~pylivermore.ClaimConflictError` on conflict."""
-        fencing_token, how = proto.parse_claim(reply, pending.keys, pending.wire_id)
+    @overload
+    def claimed(
+        self, pending: PendingClaim, reply: object, sent_at: float, quiet: Literal[False] = False
+    ) -> LeaseCore: ...
+    @overload
+    def claimed(self, pending: PendingClaim, reply: object, sent_at: float, quiet: bool) -> LeaseCore | None: ...
+    def claimed(self, pending: PendingClaim, reply: object, sent_at: float, quiet: bool = False) -> LeaseCore | None:
+        """The new lease's core; on conflict raises :class:`~pylivermore.ClaimConflictError`, or
+        with *quiet* answers ``None``."""
+        claimed = proto.parse_claim(reply, pending.keys, pending.wire_id, quiet)
+        if claimed is None:
+            return None
+        fencing_token, how = claimed
         logger.info("claimed exchange %s (fencing token %d, %s)", pending.wire_id, fencing_token, how)
         return LeaseCore(
             self.lease_settings,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 from ._keys import Keys
 from ._scripts import load_scripts
@@ -182,13 +182,20 @@ def claim_call(
     )
 
 
-def parse_claim(reply: object, keys: Keys, wire_id: str) -> tuple[int, str]:
-    """``(fencing_token, how)``; raise :class:`ClaimConflictError` with the holder and its TTL."""
+@overload
+def parse_claim(reply: object, keys: Keys, wire_id: str, quiet: Literal[False] = False) -> tuple[int, str]: ...
+@overload
+def parse_claim(reply: object, keys: Keys, wire_id: str, quiet: bool) -> tuple[int, str] | None: ...
+def parse_claim(reply: object, keys: Keys, wire_id: str, quiet: bool = False) -> tuple[int, str] | None:
+    """``(fencing_token, how)``; on conflict raise :class:`ClaimConflictError` with the holder and
+    its TTL, or with *quiet* answer ``None`` (``try_claim``: no exception built, nothing decoded)."""
     w = words("claim", reply, 3)
     _corrupt(w, keys.status)
     if w[0] == "CONFLICT":
         if len(w) < 2 or not _INT.fullmatch(w[1]):
             raise ScriptContractError("claim", reply)
+        if quiet:
+            return None
         # The holder's fields stay raw until someone reads .holder (most callers just retry).
         assert isinstance(reply, list | tuple)
         raise ClaimConflictError(wire_id, list(reply[2:]), max(int(w[1]), 0) / 1000.0)

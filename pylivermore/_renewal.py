@@ -26,6 +26,11 @@ logger = logging.getLogger("pylivermore.heartbeat")
 
 T = TypeVar("T")
 
+#: Seconds a registry's heartbeat worker (thread or task) waits for a new lease after its last one
+#: left before it ends. A claim / release loop thus never pays a thread start per claim, and a
+#: registry left open without leases does not keep a thread forever.
+IDLE_LINGER = 30.0
+
 
 class Schedule(Generic[T]):
     """The heartbeat loop's agenda: which leases need attention next (a heap on ``wake_at``).
@@ -49,6 +54,9 @@ class Schedule(Generic[T]):
 
     def discard(self, item: T) -> None:
         self._cores.pop(item, None)
+        if len(self._heap) > 2 * len(self._cores) + 64:  # mostly stale (claim / release cycles): compact
+            self._heap = [e for e in self._heap if e[2] in self._cores]
+            heapq.heapify(self._heap)
 
     def push(self, item: T) -> None:
         """File *item* again after it was handled (no-op once discarded or lost). Every claim

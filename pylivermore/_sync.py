@@ -38,6 +38,7 @@ from ._protocol import (
     unsupported,
 )
 from ._renewal import (
+    IDLE_LINGER,
     ClusterRound,
     Node,
     NodeClients,
@@ -314,19 +315,51 @@ class Registry:
         again and :class:`~pylivermore.NotReplicatedError` raised. (``replica_timeout`` must stay
         below the client's socket timeout.)
         """
+        lease = self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, False)
+        assert lease is not None
+        return lease
+
+    def try_claim(
+        self,
+        exchange_id: int | str,
+        exchange_name: str,
+        *,
+        reclaim: bool = False,
+        on_lost: Callable[[Lease], object] | None = None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> Lease | None:
+        """:meth:`claim`, but ``None`` when another live owner holds *exchange_id*: no exception is
+        built and the holder is not decoded (the cheap path for callers that only retry)."""
+        return self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, True)
+
+    def _claim(
+        self,
+        exchange_id: int | str,
+        exchange_name: str,
+        reclaim: bool,
+        on_lost: Callable[[Lease], object] | None,
+        replicas: int,
+        replica_timeout: float,
+        quiet: bool,
+    ) -> Lease | None:
         pending = self._config.claim(exchange_id, exchange_name, reclaim)
         durable = self._config.durability(replicas, replica_timeout)
         self._check_server()
         sent = self._clock()
         if durable is None:
-            lease_core = self._config.claimed(pending, self._run(pending.call), sent)
+            lease_core = self._config.claimed(pending, self._run(pending.call), sent, quiet)
         else:
             reply, acknowledged = self._claim_and_wait(pending.call, durable)
-            lease_core = self._config.claimed(pending, reply, sent)
+            lease_core = self._config.claimed(pending, reply, sent, quiet)
+            if lease_core is None:
+                return None
             shortfall = self._config.replication_error(pending.wire_id, acknowledged, durable)
             if shortfall is not None:
                 self._abandon(lease_core)
                 raise shortfall from (acknowledged if isinstance(acknowledged, Exception) else None)
+        if lease_core is None:
+            return None
         lease = Lease(self, lease_core, on_lost)
         self._heartbeat.add(lease)
         if self._resolver is not no_address:
@@ -532,7 +565,9 @@ class Lease:
 
 
 class _Heartbeat:
-    """One daemon thread per registry renews all its leases; it exits when none is left."""
+    """One daemon thread per registry renews all its leases. It outlives its last lease by
+    :data:`~pylivermore._renewal.IDLE_LINGER` seconds, so that a claim / release cycle never
+    starts a thread (a thread start costs more CPU than the claim's round trip)."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
@@ -557,9 +592,8 @@ class _Heartbeat:
         self._wake.set()
 
     def discard(self, lease: Lease) -> None:
-        with self._lock:
+        with self._lock:  # no wake-up: the loop finds nothing due at its planned time
             self._schedule.discard(lease)
-        self._wake.set()
 
     def stop(self) -> None:
         with self._lock:
@@ -574,9 +608,20 @@ class _Heartbeat:
         ahead = registry._config.renew_ahead
         while True:
             with self._lock:
-                if self._stopping or not self._schedule:
+                if self._stopping:
                     self._thread = None
                     return
+                if not self._schedule:
+                    self._planned = float("inf")
+            if not self._schedule:
+                woken = self._wake.wait(IDLE_LINGER)
+                self._wake.clear()
+                with self._lock:
+                    if not woken and not self._schedule:  # idle for IDLE_LINGER: end (add() starts another)
+                        self._thread = None
+                        return
+                continue
+            with self._lock:
                 due = self._schedule.pop_due(clock() + ahead)
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
             if renewals:  # never raises: failed beats are retried until the deadline

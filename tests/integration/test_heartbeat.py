@@ -230,8 +230,9 @@ async def test_many_leases_are_renewed_in_batches(topology: Topology, namespace:
 
 
 async def test_release_stops_heartbeats(topology: Topology, namespace: str) -> None:
-    """After release() the heartbeat thread or task ends and not one more script call reaches
-    the server (any master, on a cluster)."""
+    """After release() not one more script call reaches the server (any master, on a cluster);
+    the heartbeat thread or task stays for the next claim (no thread start per claim) and ends
+    when the registry closes."""
     t = topology
     registry = t.registry(namespace=namespace, **TIMING)
     key = status_key(namespace, 1)
@@ -241,12 +242,37 @@ async def test_release_stops_heartbeats(topology: Topology, namespace: str) -> N
     assert t.heartbeat_running(registry)
     assert await io(lease.release()) is True
     calls = t.script_calls()
-    assert await await_until(lambda: t.heartbeat_stopped(registry, worker), GIVE_UP), (
-        "the heartbeat kept running after the last lease was released"
-    )
     await asyncio.sleep(2 * HB + 0.2)
     assert t.script_calls() == calls, "a script ran after release"
     assert t.admin.exists(key) == 0
+    again = await io(registry.claim(1, "Binance"))
+    assert t.heartbeat_worker(registry) is worker, "the next claim started another heartbeat worker"
+    await io(again.release())
+    await io(registry.close())
+    assert await await_until(lambda: t.heartbeat_stopped(registry, worker), GIVE_UP), (
+        "the heartbeat kept running after the registry closed"
+    )
+
+
+async def test_an_idle_heartbeat_ends_after_its_linger(
+    topology: Topology, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry left open without leases does not keep its heartbeat worker: it ends
+    IDLE_LINGER seconds after the last lease left, and the next claim starts another."""
+    t = topology
+    monkeypatch.setattr(pylivermore._sync, "IDLE_LINGER", 0.2)
+    monkeypatch.setattr(pylivermore._async, "IDLE_LINGER", 0.2)
+    registry = t.registry(namespace=namespace, **TIMING)
+    lease = await io(registry.claim(1, "Binance"))
+    worker = t.heartbeat_worker(registry)
+    await io(lease.release())
+    assert await await_until(lambda: t.heartbeat_stopped(registry, worker), GIVE_UP), (
+        "the idle heartbeat did not end after its linger"
+    )
+    again = await io(registry.claim(1, "Binance"))
+    await await_beat(t.admin, status_key(namespace, 1))
+    assert t.heartbeat_running(registry)
+    await io(again.release())
 
 
 # -- c. operator force_release -------------------------------------------------------------------------

@@ -83,3 +83,23 @@ async def test_guard_is_transparent_while_the_lease_is_held(topology: Topology, 
     with pytest.raises(LeaseLostError):
         async with lease.guard():
             pass
+
+
+async def test_try_claim_answers_none_while_another_owner_holds(topology: Topology, namespace: str) -> None:
+    """try_claim() gives a lease when the resource is free and None (no exception) while another
+    owner holds it; the holder keeps its record untouched. After the release it succeeds again,
+    with a higher fencing token."""
+    first = topology.registry(namespace=namespace, **FAST)
+    second = topology.registry(namespace=namespace, **FAST)
+    lease = await io(first.try_claim(1, "X"))
+    assert lease is not None
+    key = Keys(namespace, "1").status
+    before = topology.admin.hgetall(key)
+    assert await io(second.try_claim(1, "X")) is None
+    assert await io(second.try_claim(1, "X", replicas=0)) is None
+    assert topology.admin.hgetall(key) == before
+    assert await io(lease.release()) is True
+    again = await io(second.try_claim(1, "X"))
+    assert again is not None
+    assert again.fencing_token > lease.fencing_token
+    await io(again.release())

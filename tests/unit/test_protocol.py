@@ -167,6 +167,17 @@ def test_parse_claim_conflict_carries_holder_and_ttl(as_bytes: bool) -> None:
     assert f"{pttl / 1000:.1f} s remaining" in message
 
 
+def test_parse_claim_quiet_answers_none_on_conflict_only() -> None:
+    """quiet (try_claim): CONFLICT answers None without building the error; a malformed CONFLICT
+    and CORRUPT still raise; CLAIMED answers as without quiet."""
+    assert proto.parse_claim([b"CONFLICT", 3000, *_flat(HOLDER_FIELDS, as_bytes=True)], KEYS, "7", True) is None
+    assert proto.parse_claim([b"CLAIMED", b"5", b"new"], KEYS, "7", True) == (5, "new")
+    with pytest.raises(ScriptContractError):
+        proto.parse_claim([b"CONFLICT", b"soon"], KEYS, "7", True)
+    with pytest.raises(CorruptStatusError):
+        proto.parse_claim([b"CORRUPT", b"status key holds a list, not a hash"], KEYS, "7", True)
+
+
 @pytest.mark.parametrize("pttl", [-1, -2])
 def test_parse_claim_conflict_negative_pttl_is_zero(pttl: int) -> None:
     """A PTTL of -1/-2 (no expiry / gone meanwhile) is reported as 0 seconds, never negative."""
