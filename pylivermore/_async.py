@@ -23,7 +23,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from . import _lease as core
-from ._config import DAY, RegistryConfig
+from ._config import DAY, PendingClaim, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
 from ._protocol import (
@@ -52,7 +52,8 @@ from ._renewal import (
 )
 from ._scripts import load_scripts
 from ._states import State
-from .errors import LeaseLostError, LivermoreError
+from ._waiting import ClaimWait, got_entry, newest_id, socket_timeout_of, wait_seconds
+from .errors import ClaimConflictError, LeaseLostError, LivermoreError
 from .models import ActivityEntry, InstanceStatus
 from .resolver import AsyncResolver, no_address
 
@@ -266,13 +267,14 @@ class AsyncRegistry:
         on_lost: Callable[[AsyncLease], object] | None = None,
         replicas: int = 0,
         replica_timeout: float = 1.0,
+        wait: float = 0,
     ) -> AsyncLease:
         """Claim *exchange_id* in one round trip and start renewing it in the background.
 
-        ``on_lost(lease)`` may be a plain function or a coroutine function. *replicas* and
-        *replica_timeout* as in :meth:`Registry.claim <pylivermore.Registry.claim>`.
+        ``on_lost(lease)`` may be a plain function or a coroutine function. *replicas*,
+        *replica_timeout* and *wait* as in :meth:`Registry.claim <pylivermore.Registry.claim>`.
         """
-        lease = await self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, False)
+        lease = await self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, wait, False)
         assert lease is not None
         return lease
 
@@ -285,10 +287,12 @@ class AsyncRegistry:
         on_lost: Callable[[AsyncLease], object] | None = None,
         replicas: int = 0,
         replica_timeout: float = 1.0,
+        wait: float = 0,
     ) -> AsyncLease | None:
-        """:meth:`claim`, but ``None`` when another live owner holds *exchange_id*: no exception is
-        built and the holder is not decoded (the cheap path for callers that only retry)."""
-        return await self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, True)
+        """:meth:`claim`, but ``None`` when another live owner holds *exchange_id* (after *wait*
+        seconds, if given): no exception is built and the holder is not decoded (the cheap path
+        for callers that only retry)."""
+        return await self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, wait, True)
 
     async def _claim(
         self,
@@ -298,11 +302,48 @@ class AsyncRegistry:
         on_lost: Callable[[AsyncLease], object] | None,
         replicas: int,
         replica_timeout: float,
+        wait: float,
         quiet: bool,
     ) -> AsyncLease | None:
         pending = self._config.claim(exchange_id, exchange_name, reclaim)
         durable = self._config.durability(replicas, replica_timeout)
+        waiting = wait_seconds(wait)
         await self._check_server()
+        if not waiting:
+            lease_core = await self._attempt(pending, durable, quiet)
+        else:
+            lease_core = await self._claim_waiting(pending, durable, waiting, quiet)
+        if lease_core is None:
+            return None
+        lease = AsyncLease(self, lease_core, on_lost)
+        self._heartbeat.add(lease)
+        if self._resolver is not no_address:
+            self._spawn(self._resolve(lease))
+        return lease
+
+    async def _claim_waiting(
+        self, pending: PendingClaim, durable: tuple[int, int] | None, wait: float, quiet: bool
+    ) -> LeaseCore | None:
+        """Claim attempts until one succeeds or *wait* runs out, blocked on the log in between."""
+        client = self._client
+        waiter = ClaimWait(self._clock, wait, _socket_timeout(client))
+        log = pending.keys.log
+        while True:
+            # The newest entry before the attempt: a release between the attempt and the block is
+            # then newer than it, and ends the block at once.
+            since = newest_id(await client.xrevrange(log, count=1))
+            try:
+                return await self._attempt(pending, durable, False)
+            except ClaimConflictError as conflict:
+                block = waiter.block_ms(conflict.ttl)
+                if block is None:
+                    if quiet:
+                        return None
+                    raise
+            waiter.woke(got_entry(await client.xread({log: since}, block=block)))
+
+    async def _attempt(self, pending: PendingClaim, durable: tuple[int, int] | None, quiet: bool) -> LeaseCore | None:
+        """One claim round trip: the lease's core, or on conflict an error (``None`` if *quiet*)."""
         sent = self._clock()
         if durable is None:
             lease_core = self._config.claimed(pending, await self._run(pending.call), sent, quiet)
@@ -315,13 +356,7 @@ class AsyncRegistry:
             if shortfall is not None:
                 await self._abandon(lease_core)
                 raise shortfall from (acknowledged if isinstance(acknowledged, Exception) else None)
-        if lease_core is None:
-            return None
-        lease = AsyncLease(self, lease_core, on_lost)
-        self._heartbeat.add(lease)
-        if self._resolver is not no_address:
-            self._spawn(self._resolve(lease))
-        return lease
+        return lease_core
 
     async def _claim_and_wait(self, call: Call, durable: tuple[int, int]) -> tuple[Any, Any]:
         """The claim's reply and ``WAIT``'s, from one pipeline on one connection (``WAIT`` counts
@@ -631,6 +666,13 @@ class _Heartbeat:
 
 def _core_of(lease: AsyncLease) -> LeaseCore:
     return lease._core
+
+
+def _socket_timeout(client: aredis.Redis | RedisCluster) -> float | None:
+    """The client's socket timeout (a node's, on a cluster), if it has one."""
+    if isinstance(client, RedisCluster):
+        return socket_timeout_of(client.connection_kwargs)
+    return socket_timeout_of(getattr(getattr(client, "connection_pool", None), "connection_kwargs", None))
 
 
 def _node_client(cluster: aredis.Redis | RedisCluster, node: Node, timeout: float | None) -> aredis.Redis:

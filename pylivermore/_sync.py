@@ -22,7 +22,7 @@ from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
 from . import _lease as core
-from ._config import DAY, RegistryConfig
+from ._config import DAY, PendingClaim, RegistryConfig
 from ._config import client_options as _client_options
 from ._lease import LeaseCore
 from ._protocol import (
@@ -51,7 +51,8 @@ from ._renewal import (
 )
 from ._scripts import load_scripts
 from ._states import State
-from .errors import LivermoreError
+from ._waiting import ClaimWait, got_entry, newest_id, socket_timeout_of, wait_seconds
+from .errors import ClaimConflictError, LivermoreError
 from .models import ActivityEntry, InstanceStatus
 from .resolver import Resolver, no_address
 
@@ -87,6 +88,13 @@ def _node_client(cluster: redis.Redis | RedisCluster, node: Node, timeout: float
     if manager.from_url:  # as redis-py builds its node clients: the options are a pool's (connection_class ...)
         return redis.Redis.from_pool(manager.connection_pool_class(**kwargs))
     return redis.Redis(**kwargs)
+
+
+def _socket_timeout(client: redis.Redis | RedisCluster) -> float | None:
+    """The client's socket timeout (a node's, on a cluster), if it has one."""
+    if isinstance(client, RedisCluster):
+        return socket_timeout_of(client.nodes_manager.connection_kwargs)
+    return socket_timeout_of(getattr(getattr(client, "connection_pool", None), "connection_kwargs", None))
 
 
 def _fcall(call: Call, client: redis.Redis | RedisCluster) -> Any:
@@ -305,6 +313,7 @@ class Registry:
         on_lost: Callable[[Lease], object] | None = None,
         replicas: int = 0,
         replica_timeout: float = 1.0,
+        wait: float = 0,
     ) -> Lease:
         """Claim *exchange_id* in one round trip and start renewing it in the background.
 
@@ -314,8 +323,15 @@ class Registry:
         replicas have it, at most *replica_timeout* seconds; if they do not, it is released
         again and :class:`~pylivermore.NotReplicatedError` raised. (``replica_timeout`` must stay
         below the client's socket timeout.)
+
+        With *wait* (seconds, default ``0``: do not wait), a held resource is waited for, up to
+        that long: the call blocks on the resource's activity log (``XREAD BLOCK``, no polling)
+        and tries again within milliseconds of a release or ``force_release``, or when the
+        holder's record expires (a holder that died writes nothing). Each block stays below the
+        client's socket timeout. When *wait* runs out, the last
+        :class:`~pylivermore.ClaimConflictError` is raised (``try_claim``: ``None``).
         """
-        lease = self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, False)
+        lease = self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, wait, False)
         assert lease is not None
         return lease
 
@@ -328,10 +344,12 @@ class Registry:
         on_lost: Callable[[Lease], object] | None = None,
         replicas: int = 0,
         replica_timeout: float = 1.0,
+        wait: float = 0,
     ) -> Lease | None:
-        """:meth:`claim`, but ``None`` when another live owner holds *exchange_id*: no exception is
-        built and the holder is not decoded (the cheap path for callers that only retry)."""
-        return self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, True)
+        """:meth:`claim`, but ``None`` when another live owner holds *exchange_id* (after *wait*
+        seconds, if given): no exception is built and the holder is not decoded (the cheap path
+        for callers that only retry)."""
+        return self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, wait, True)
 
     def _claim(
         self,
@@ -341,11 +359,48 @@ class Registry:
         on_lost: Callable[[Lease], object] | None,
         replicas: int,
         replica_timeout: float,
+        wait: float,
         quiet: bool,
     ) -> Lease | None:
         pending = self._config.claim(exchange_id, exchange_name, reclaim)
         durable = self._config.durability(replicas, replica_timeout)
+        waiting = wait_seconds(wait)
         self._check_server()
+        if not waiting:
+            lease_core = self._attempt(pending, durable, quiet)
+        else:
+            lease_core = self._claim_waiting(pending, durable, waiting, quiet)
+        if lease_core is None:
+            return None
+        lease = Lease(self, lease_core, on_lost)
+        self._heartbeat.add(lease)
+        if self._resolver is not no_address:
+            threading.Thread(target=self._resolve, args=(lease,), name="pylivermore-resolver", daemon=True).start()
+        return lease
+
+    def _claim_waiting(
+        self, pending: PendingClaim, durable: tuple[int, int] | None, wait: float, quiet: bool
+    ) -> LeaseCore | None:
+        """Claim attempts until one succeeds or *wait* runs out, blocked on the log in between."""
+        client = self._client
+        waiter = ClaimWait(self._clock, wait, _socket_timeout(client))
+        log = pending.keys.log
+        while True:
+            # The newest entry before the attempt: a release between the attempt and the block is
+            # then newer than it, and ends the block at once.
+            since = newest_id(client.xrevrange(log, count=1))
+            try:
+                return self._attempt(pending, durable, False)
+            except ClaimConflictError as conflict:
+                block = waiter.block_ms(conflict.ttl)
+                if block is None:
+                    if quiet:
+                        return None
+                    raise
+            waiter.woke(got_entry(client.xread({log: since}, block=block)))
+
+    def _attempt(self, pending: PendingClaim, durable: tuple[int, int] | None, quiet: bool) -> LeaseCore | None:
+        """One claim round trip: the lease's core, or on conflict an error (``None`` if *quiet*)."""
         sent = self._clock()
         if durable is None:
             lease_core = self._config.claimed(pending, self._run(pending.call), sent, quiet)
@@ -358,13 +413,7 @@ class Registry:
             if shortfall is not None:
                 self._abandon(lease_core)
                 raise shortfall from (acknowledged if isinstance(acknowledged, Exception) else None)
-        if lease_core is None:
-            return None
-        lease = Lease(self, lease_core, on_lost)
-        self._heartbeat.add(lease)
-        if self._resolver is not no_address:
-            threading.Thread(target=self._resolve, args=(lease,), name="pylivermore-resolver", daemon=True).start()
-        return lease
+        return lease_core
 
     def _claim_and_wait(self, call: Call, durable: tuple[int, int]) -> tuple[Any, Any]:
         """The claim's reply and ``WAIT``'s, from one pipeline on one connection (``WAIT`` counts

@@ -68,6 +68,10 @@ CLIENT_SETINFO = ("client|setinfo",)
 #: reads and writes nothing.
 DURABLE_COMMANDS = ("wait",)
 
+#: What a waiting claim (``claim(..., wait=seconds)``) sends between attempts, besides
+#: ``XREVRANGE``: ``XREAD BLOCK`` on the resource's activity log, to wake on a release. It only reads.
+WAIT_COMMANDS = ("xread",)
+
 #: How a worker calls the scripts (``transport="scripts"``, the default): ``EVALSHA``, and ``SCRIPT
 #: LOAD`` to load a script again after ``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``).
 SCRIPT_TRANSPORT = ("evalsha", "script|load")
@@ -84,14 +88,14 @@ READ_COMMANDS = ("hgetall", "scan", "xrevrange")
 #: check ``maxmemory-policy`` on first use (``CONFIG`` is deliberately not granted).
 WORKER_COMMANDS = (
     "ping", "hello", *SCRIPT_TRANSPORT, "info", *READ_COMMANDS,
-    *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS,
+    *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS, *WAIT_COMMANDS,
 )  # fmt: skip
 
 #: Everything a worker process needs over Redis Functions: :data:`WORKER_COMMANDS` with
 #: :data:`FUNCTION_TRANSPORT` instead of :data:`SCRIPT_TRANSPORT`.
 FUNCTION_WORKER_COMMANDS = (
     "ping", "hello", *FUNCTION_TRANSPORT, "info", *READ_COMMANDS,
-    *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS,
+    *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS, *WAIT_COMMANDS,
 )  # fmt: skip
 
 #: A read-only dashboard: ``get``, ``instances`` and ``activity``.
