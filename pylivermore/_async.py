@@ -640,16 +640,22 @@ class _Heartbeat:
     async def _loop(self) -> None:
         clock, registry = self._registry._clock, self._registry
         ahead = registry._config.renew_ahead
+        idle_since: float | None = None  # time.monotonic(): the registry's clock may be a test's
         while True:
             if not self._schedule:
-                self._planned = float("inf")
+                if idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= IDLE_LINGER:  # end; add() creates another
+                    return
+                # Idle, the loop looks again every half interval unasked: a new lease's first beat
+                # is a whole interval away, so add() need not wake it.
+                poll = registry._config.heartbeat_interval / 2
+                self._planned = clock() + poll
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), IDLE_LINGER)
-                except TimeoutError:
-                    if not self._schedule:  # idle for IDLE_LINGER: end (add() creates another)
-                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll)
                 continue
+            idle_since = None
             due = self._schedule.pop_due(clock() + ahead)
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
             if renewals:  # never raises: failed beats are retried until the deadline

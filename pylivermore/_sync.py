@@ -655,21 +655,29 @@ class _Heartbeat:
     def _loop(self) -> None:
         clock, registry = self._registry._clock, self._registry
         ahead = registry._config.renew_ahead
+        idle_since: float | None = None  # time.monotonic(): the registry's clock may be a test's
         while True:
             with self._lock:
                 if self._stopping:
                     self._thread = None
                     return
-                if not self._schedule:
-                    self._planned = float("inf")
-            if not self._schedule:
-                woken = self._wake.wait(IDLE_LINGER)
-                self._wake.clear()
-                with self._lock:
-                    if not woken and not self._schedule:  # idle for IDLE_LINGER: end (add() starts another)
+                idle = not self._schedule
+                if idle:
+                    if idle_since is None:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= IDLE_LINGER:  # end; add() starts another
                         self._thread = None
                         return
+                    # Idle, the loop looks again every half interval unasked: a new lease's first
+                    # beat is a whole interval away, so add() need not wake it (a thread switch
+                    # per claim in a claim / release loop).
+                    poll = registry._config.heartbeat_interval / 2
+                    self._planned = clock() + poll
+            if idle:
+                self._wake.wait(poll)
+                self._wake.clear()
                 continue
+            idle_since = None
             with self._lock:
                 due = self._schedule.pop_due(clock() + ahead)
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
