@@ -106,43 +106,49 @@ end
 
 -- Read and check everything before the first write: Redis does not roll back
 -- writes made before a runtime error.
-local kind = rcall('TYPE', status)['ok']
-if kind ~= 'hash' and kind ~= 'none' then return {'CORRUPT', 'status key holds a ' .. kind .. ', not a hash'} end
+-- One HMGET reads all a conflict, a retry or a reclaim needs (a conflict is the hot path under
+-- contention): the public fields (the CONFLICT reply) and the private ones behind them. It is sent
+-- with pcall: a status key of another type answers WRONGTYPE, and only then TYPE names it.
+local public = {'exchangeId', 'exchangeName', 'hostname', 'ipAddress', 'countryCode', 'adminEmail', 'adminDisplayName',
+  'connectionState', 'symbolCount', 'connectedAt', 'lastHeartbeat', 'lastStateChange', 'registeredAt', 'lastError',
+  'lastErrorAt', 'fencingToken', 'instanceId', 'stateTable', 'contract'}
+local held = redis.pcall('HMGET', status, 'ownerDigest', 'retentionMs', unpack(public))
+if held['err'] then
+  return {'CORRUPT', 'status key holds a ' .. rcall('TYPE', status)['ok'] .. ', not a hash'}
+end
+-- held[1] ownerDigest, held[2] retentionMs, then public[i] at held[i + 2]
+local h_id, h_name, h_host, h_token, h_instance, h_table = held[3], held[4], held[5], held[18], held[19], held[20]
+local exists = held[1] or h_token or h_id or rcall('EXISTS', status) == 1
 
 -- Decide first whether this call writes at all: a conflict (the hot path under contention)
 -- or a retried claim reads only the status record.
 local digest = redis.sha1hex(token)
 local how, replaced = 'new', ''
-if kind == 'hash' then
-  local held = rcall('HMGET', status, 'ownerDigest', 'instanceId', 'fencingToken', 'exchangeId', 'exchangeName',
-    'hostname', 'retentionMs', 'stateTable')
-  if not held[1] or not string.find(held[1], '^%x+$') or #held[1] ~= 40 or not held[3] or not int_in(held[3], 1, 9007199254740991) then
+if exists then
+  if not held[1] or not string.find(held[1], '^%x+$') or #held[1] ~= 40 or not h_token or not int_in(h_token, 1, 9007199254740991) then
     return {'CORRUPT', 'status hash lacks a valid ownerDigest or fencingToken'}
   end
-  if held[4] ~= id then return {'CORRUPT', 'status hash exchangeId is not the id of its key'} end
+  if h_id ~= id then return {'CORRUPT', 'status hash exchangeId is not the id of its key'} end
   -- A record without a TTL would never expire: no path (retry, reclaim, conflict) treats it as a lease.
   local pttl = rcall('PTTL', status)
   if pttl < 0 then return {'CORRUPT', 'status record has no TTL'} end
   if held[1] == digest then
     -- A token is for one claim: a retry must carry the same record arguments (exchange_name, hostname,
     -- instance_id, retention_ms, table); ttl_ms and reclaim are not stored, so they cannot be compared.
-    if held[2] ~= instance_id or held[5] ~= exchange_name or held[6] ~= hostname
-        or (held[7] or '7776000000') ~= retention_arg or (held[8] or '') ~= edges then
+    if h_instance ~= instance_id or h_name ~= exchange_name or h_host ~= hostname
+        or (held[2] or '7776000000') ~= retention_arg or (h_table or '') ~= edges then
       return bad('this token already claimed the resource with other arguments: use a new token for every claim')
     end
-    return {'CLAIMED', held[3], 'retry'}
+    return {'CLAIMED', h_token, 'retry'}
   end
-  if reclaim == '1' and held[2] == instance_id then
-    how, replaced = 'reclaim', held[3]
+  if reclaim == '1' and h_instance == instance_id then
+    how, replaced = 'reclaim', h_token
   else
     -- The holder's public fields only: never its digest, sequence or retention.
-    local public = {'exchangeId', 'exchangeName', 'hostname', 'ipAddress', 'countryCode', 'adminEmail', 'adminDisplayName',
-      'connectionState', 'symbolCount', 'connectedAt', 'lastHeartbeat', 'lastStateChange', 'registeredAt', 'lastError',
-      'lastErrorAt', 'fencingToken', 'instanceId', 'stateTable', 'contract'}
-    local values = rcall('HMGET', status, unpack(public))
     local reply = {'CONFLICT', pttl}
     for i = 1, #public do
-      if values[i] then reply[#reply + 1] = public[i]; reply[#reply + 1] = values[i] end
+      local value = held[i + 2]
+      if value then reply[#reply + 1] = public[i]; reply[#reply + 1] = value end
     end
     return reply
   end
