@@ -65,10 +65,15 @@ matrix-servers: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pylivermore.demo
 
-# Quick form (< 3 min on 2 cores): per operation, contention grid, 10,000 leases; ratios printed, reports in
-# benchmarks/out/. Full form: $(PY) benchmarks/bench.py --full; CI smoke form: --smoke. Plots need '.[bench]'.
-bench: $(STAMP)
+# Quick form (< 3 min on 2 cores): per operation, lock baselines (one connection, contention, failed claim),
+# contention grid, 10,000 leases; ratios printed, reports in benchmarks/out/. Full form: $(PY) benchmarks/bench.py
+# --full; CI smoke form: --smoke. It installs the bench extra first (matplotlib, python-redis-lock).
+bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/bench.py
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,server,bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -203,10 +203,14 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
 
 
 class ProcessPool:
-    """A fixed set of spawned worker processes, reused for every run (spawning costs ~0.3 s)."""
+    """A fixed set of spawned worker processes, reused for every run (spawning costs ~0.3 s).
+    Each runs *target* (default :func:`serve`): say "ready", then answer every job sent to it."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self, size: int, target: Callable[[multiprocessing.connection.Connection], None] | None = None
+    ) -> None:
         self.ctx = multiprocessing.get_context("spawn")
+        self.target = target or serve  # a module-level function: the child imports it by name
         self.procs: list[Any] = []
         self.conns: list[multiprocessing.connection.Connection] = []
         for _ in range(size):
@@ -217,7 +221,7 @@ class ProcessPool:
 
     def _spawn(self, index: int | None = None) -> None:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=serve, args=(child,), name="bench-worker", daemon=True)
+        proc = self.ctx.Process(target=self.target, args=(child,), name="bench-worker", daemon=True)
         proc.start()
         child.close()
         if index is None:
@@ -228,7 +232,7 @@ class ProcessPool:
             if not parent.poll(60) or parent.recv() != "ready":
                 raise RuntimeError("a benchmark worker process did not restart")
 
-    def run(self, jobs: Sequence[Job], timeout: float) -> list[dict[str, Any]]:
+    def run(self, jobs: Sequence[Any], timeout: float) -> list[dict[str, Any]]:
         for conn, job in zip(self.conns, jobs, strict=False):
             conn.send(job)
         deadline = time.monotonic() + timeout
@@ -433,55 +437,56 @@ def run_contention(
     jitter: float = 0.002,
     grace: float = 5.0,
     seed: int = 1,
+    skip_cells: Sequence[tuple[int, int]] = (),
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> list[dict[str, Any]]:
-    """Every implementation on every (workers, resources) cell, *duration* seconds each, split
-    into *rounds* interleaved rounds; returns one summary per (implementation, cell)."""
+    """Every implementation on every (workers, resources) cell but *skip_cells*, *duration*
+    seconds each, split into *rounds* interleaved rounds; returns one summary per
+    (implementation, cell)."""
     admin = sync_client(url)
     pool = ProcessPool(min(procs, max(workers)))
     runs: list[dict[str, Any]] = []
-    total = len(workers) * len(resources) * len(impls)
+    skipped = {tuple(c) for c in skip_cells}
+    grid = [(w, r) for w in workers for r in resources if (w, r) not in skipped]
+    total = len(grid) * len(impls)
     try:
-        cell = 0
-        for w in workers:
-            for r in resources:
-                p = min(w, procs)
-                parts: dict[str, list[tuple[Job, list[dict[str, Any]]]]] = {impl: [] for impl in impls}
-                for k in range(rounds):
-                    # Same cell, implementations one after the other, the order rotated every
-                    # round and every cell: a change in the machine's load hits all of them.
-                    shift = cell + k
-                    for impl in [impls[(shift + i) % len(impls)] for i in range(len(impls))]:
-                        admin.flushall()
-                        start_at = time.monotonic() + START_DELAY
-                        jobs = [
-                            Job(
-                                impl=impl,
-                                url=url,
-                                namespace=f"b{cell}-{k}-{impl}",
-                                workers=tuple(range(i, w, p)),
-                                resources=r,
-                                start_at=start_at,
-                                duration=duration / rounds,
-                                grace=grace,
-                                pace=pace,
-                                jitter=jitter,
-                                seed=seed + k,
-                            )
-                            for i in range(p)
-                        ]
-                        parts[impl].append((jobs[0], pool.run(jobs, timeout=START_DELAY + duration + grace + 30)))
-                for impl in impls:
-                    run = summarize(impl, w, r, p, parts[impl])
-                    runs.append(run)
-                    inv = run["invariant"]
-                    log(
-                        f"[{len(runs):>2}/{total}] W={w:<3} R={r:<2} {impl:<14} "
-                        f"{run['lifecycles_per_s']:>8.1f} lifecycles/s  conflicts {run['conflicts']:>6}  "
-                        f"violations {inv['violations']:>5}  lost {run['lost']}  errors {run['errors']}"
-                        + (f"  FAILED {run['failed']}" if run["failed"] else "")
-                    )
-                cell += 1
+        for cell, (w, r) in enumerate(grid):
+            p = min(w, procs)
+            parts: dict[str, list[tuple[Job, list[dict[str, Any]]]]] = {impl: [] for impl in impls}
+            for k in range(rounds):
+                # Same cell, implementations one after the other, the order rotated every
+                # round and every cell: a change in the machine's load hits all of them.
+                shift = cell + k
+                for impl in [impls[(shift + i) % len(impls)] for i in range(len(impls))]:
+                    admin.flushall()
+                    start_at = time.monotonic() + START_DELAY
+                    jobs = [
+                        Job(
+                            impl=impl,
+                            url=url,
+                            namespace=f"b{cell}-{k}-{impl}",
+                            workers=tuple(range(i, w, p)),
+                            resources=r,
+                            start_at=start_at,
+                            duration=duration / rounds,
+                            grace=grace,
+                            pace=pace,
+                            jitter=jitter,
+                            seed=seed + k,
+                        )
+                        for i in range(p)
+                    ]
+                    parts[impl].append((jobs[0], pool.run(jobs, timeout=START_DELAY + duration + grace + 30)))
+            for impl in impls:
+                run = summarize(impl, w, r, p, parts[impl])
+                runs.append(run)
+                inv = run["invariant"]
+                log(
+                    f"[{len(runs):>2}/{total}] W={w:<3} R={r:<2} {impl:<14} "
+                    f"{run['lifecycles_per_s']:>8.1f} lifecycles/s  conflicts {run['conflicts']:>6}  "
+                    f"violations {inv['violations']:>5}  lost {run['lost']}  errors {run['errors']}"
+                    + (f"  FAILED {run['failed']}" if run["failed"] else "")
+                )
         admin.flushall()
     finally:
         pool.close()

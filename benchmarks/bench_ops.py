@@ -9,17 +9,20 @@ Client side: operations per second through the public API vs the raw command
 (claim vs ``SET NX PX``, heartbeat vs ``PEXPIRE``, transition vs ``HSET``, status read vs
 ``HGETALL``), each pair measured in alternating slices so that load changes hit both alike.
 Server side: microseconds per call from ``INFO commandstats`` (after ``CONFIG RESETSTAT``),
-each script next to ``SET NX PX`` interleaved with it call by call, plus two reference scripts
-(the floor of any script on this server).
+each script next to ``SET NX PX`` interleaved with it call by call, plus reference scripts
+(floors: the least a script, a heartbeat's owner check and writes, and a claim's writes cost on
+this server; the owner-check floors pass their check and write, which each window verifies).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
@@ -73,22 +76,26 @@ def usec_per_call(client: redis.Redis) -> dict[str, float]:
 
 #: Reference scripts (not pylivermore operations): the least a script costs on this server, and
 #: the least that the writes SPEC requires of a heartbeat and a claim cost without any checks.
+#: The owner-check floors run on a copy of a live record whose ownerDigest is SHA-1 of a token
+#: this benchmark holds, so the check passes and PEXPIRE and HSET really run (each call's reply
+#: and the key's TTL and lastHeartbeat are checked). Until 2026-12 they ran with a token that
+#: failed the check: they measured an early return (kept below as its own row, for comparison).
 _ISO = "2026-11-29T12:00:00.000Z"
 _FIELDS = "'exchangeId', 'x', 'exchangeName', 'Bench', 'hostname', 'h', 'instanceId', 'i', 'fencingToken', '1'"
+_OWNER_CHECK = "local d = redis.call('HGET', KEYS[1], 'ownerDigest') if d ~= redis.sha1hex(ARGV[1]) then return 0 end "
+EMPTY = "floor: empty script"
+EARLY_RETURN = "floor: owner check that fails (early return)"
+OWNER_PEXPIRE = "floor: owner check + PEXPIRE"
+OWNER_PEXPIRE_HSET = "floor: same + TIME + HSET lastHeartbeat"
+CLAIM_WRITES = "floor: a claim's writes only (new keys)"
 FLOORS = {
-    "floor: empty script": "return 1",
-    "floor: owner check + PEXPIRE": (
-        "local d = redis.call('HGET', KEYS[1], 'ownerDigest') "
-        "if d ~= redis.sha1hex(ARGV[1]) then return 0 end "
-        "return redis.call('PEXPIRE', KEYS[1], ARGV[2])"
+    EMPTY: "return 1",
+    OWNER_PEXPIRE: _OWNER_CHECK + "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1",
+    OWNER_PEXPIRE_HSET: (
+        _OWNER_CHECK + "local t = redis.call('TIME') redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+        "redis.call('HSET', KEYS[1], 'lastHeartbeat', t[1]) return 1"
     ),
-    "floor: same + TIME + HSET lastHeartbeat": (
-        "local d = redis.call('HGET', KEYS[1], 'ownerDigest') "
-        "if d ~= redis.sha1hex(ARGV[1]) then return 0 end "
-        "local t = redis.call('TIME') redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-        "return redis.call('HSET', KEYS[1], 'lastHeartbeat', t[1])"
-    ),
-    "floor: a claim's writes only (new keys)": (
+    CLAIM_WRITES: (
         f"redis.call('XADD', KEYS[2], 'MINID', '~', '0', '*', 'event', 'claim', 'timestamp', '{_ISO}', {_FIELDS}, "
         "'ip', '', 'ttlMs', '45000', 'how', 'new', 'replaced', '') "
         f"redis.call('HSET', KEYS[1], {_FIELDS}, 'connectionState', 'idle', 'symbolCount', '0', "
@@ -96,22 +103,79 @@ FLOORS = {
         "redis.call('PEXPIRE', KEYS[1], 45000) return redis.call('SET', KEYS[3], '1')"
     ),
 }
-
-
-def floor_ops(client: redis.Redis, status_key: str) -> list[tuple[str, Callable[[int], object]]]:
-    """The FLOORS scripts as operations: on *status_key* (whose owner check fails: nothing is
-    renewed), the claim's writes on new keys each time (as the claims measured next to them)."""
-    ops: list[tuple[str, Callable[[int], object]]] = []
-    for label, source in FLOORS.items():
-        sha = client.script_load(source)
-        if "claim" in label:
-            ops.append((label, lambda i, sha=sha: client.evalsha(sha, 3, *(f"floor:{{{i}}}:{k}" for k in KEYS3))))
-        else:
-            ops.append((label, lambda i, sha=sha: client.evalsha(sha, 1, status_key, "x" * 32, "45000")))
-    return ops
-
-
 KEYS3 = ("status", "log", "fence")
+#: The TTL a floor record is given before each window: a renewal (45 s) must bring it down.
+_LONG_TTL_MS = 3_600_000
+_NOT_YET = "not renewed"
+
+
+def _expect(reply: object, want: object, label: str) -> None:
+    if reply != want:
+        raise AssertionError(f"{label}: reply {reply!r}, expected {want!r}")
+
+
+def floor_ops(
+    client: redis.Redis, status_key: str
+) -> tuple[list[tuple[str, Callable[[int], object]]], dict[str, tuple[Callable[[], object], Callable[[], object]]]]:
+    """The FLOORS scripts as operations, and per label a (prepare, verify) pair run before and
+    after its window (outside it). The owner-check floors run on ``floor:{hb}:status``, a copy
+    of the live record at *status_key* whose ``ownerDigest`` is SHA-1 of a token held here: the
+    check passes and the writes happen (verify: every reply, then TTL and ``lastHeartbeat``).
+    The early-return row sends a wrong token to the same script (verify: nothing renewed). The
+    claim's writes go to new keys each time (as the claims measured next to them)."""
+    token = secrets.token_urlsafe(32)
+    key = "floor:{hb}:status"
+    record = client.hgetall(status_key)
+    assert record, f"{status_key} holds no record to copy"
+    record[b"ownerDigest"] = hashlib.sha1(token.encode()).hexdigest().encode()
+    client.delete(key)
+    client.hset(key, mapping=record)
+    sha = {label: client.script_load(source) for label, source in FLOORS.items()}
+
+    def prepare() -> None:
+        client.pexpire(key, _LONG_TTL_MS)
+        client.hset(key, "lastHeartbeat", _NOT_YET)
+
+    def renewed(with_hset: bool) -> Callable[[], None]:
+        def verify() -> None:
+            ttl = client.pttl(key)
+            assert 0 < ttl <= 45000, f"the floor did not renew {key}: PTTL {ttl}"
+            beat = client.hget(key, "lastHeartbeat")
+            assert (beat != _NOT_YET.encode()) == with_hset, f"{key} lastHeartbeat is {beat!r}"
+
+        return verify
+
+    def untouched() -> None:
+        assert client.pttl(key) > 45000, f"a wrong token renewed {key}"
+        assert client.hget(key, "lastHeartbeat") == _NOT_YET.encode()
+
+    ops: list[tuple[str, Callable[[int], object]]] = [
+        (EMPTY, lambda i: _expect(client.evalsha(sha[EMPTY], 0), 1, EMPTY)),
+        (
+            EARLY_RETURN,
+            lambda i: _expect(client.evalsha(sha[OWNER_PEXPIRE], 1, key, "x" * 43, "45000"), 0, EARLY_RETURN),
+        ),
+        (
+            OWNER_PEXPIRE,
+            lambda i: _expect(client.evalsha(sha[OWNER_PEXPIRE], 1, key, token, "45000"), 1, OWNER_PEXPIRE),
+        ),
+        (
+            OWNER_PEXPIRE_HSET,
+            lambda i: _expect(client.evalsha(sha[OWNER_PEXPIRE_HSET], 1, key, token, "45000"), 1, OWNER_PEXPIRE_HSET),
+        ),
+        (
+            CLAIM_WRITES,
+            lambda i: _expect(
+                client.evalsha(sha[CLAIM_WRITES], 3, *(f"floor:{{{i}}}:{k}" for k in KEYS3)), b"OK", CLAIM_WRITES
+            ),
+        ),
+    ]
+    hooks = {
+        EARLY_RETURN: (prepare, untouched),
+        OWNER_PEXPIRE: (prepare, renewed(with_hset=False)),
+        OWNER_PEXPIRE_HSET: (prepare, renewed(with_hset=True)),
+    }
+    return ops, hooks
 
 
 def server_costs(
@@ -119,19 +183,24 @@ def server_costs(
     ops: Iterable[tuple[str, Callable[[int], object]]],
     calls: int,
     before_each: Callable[[], object] = lambda: None,
+    hooks: Mapping[str, tuple[Callable[[], object], Callable[[], object]]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Server-side µs per call of each operation's EVALSHA, from ``INFO commandstats`` after
     ``CONFIG RESETSTAT``, each next to ``SET NX PX`` measured in the same window, call by call
     interleaved (SET, op, SET, op, ...): both see the same load and cache state, so their
-    ratio holds still while the absolute figures move 2-3x with this shared machine's mood."""
+    ratio holds still while the absolute figures move 2-3x with this shared machine's mood.
+    *hooks*: per label, (prepare, verify) called before and after its window, outside it."""
     out = {}
     for label, op in ops:
+        prepare, verify = (hooks or {}).get(label, (lambda: None, lambda: None))
         before_each()
+        prepare()
         client.config_resetstat()
         for i in range(calls):
             client.set(f"raw2:{{{label}:{i}}}", "v", nx=True, px=45000)
             op(i)
         stats = usec_per_call(client)
+        verify()
         out[label] = {"usec": stats["evalsha"], "set_usec": stats["set"]}
     return out
 
@@ -168,6 +237,7 @@ def measure(url: str, seconds: float = 1.0, server_calls: int = 2000) -> dict[st
         # within the measurement anyway: it renews every 15 s)
         registry.close()
 
+    floors, hooks = floor_ops(client, status_key)
     server_side = server_costs(
         client,
         (
@@ -175,10 +245,11 @@ def measure(url: str, seconds: float = 1.0, server_calls: int = 2000) -> dict[st
             ("claim, conflict", lambda i: _conflict(registry, "hb")),
             ("heartbeat", lambda i: lease.heartbeat()),
             ("transition", lambda i: lease.transition(steps[i % 4])),
-            *floor_ops(client, status_key),
+            *floors,
         ),
         server_calls,
         before_each=registry.close,
+        hooks=hooks,
     )
     registry.close()
     memory = client.memory_usage(status_key) or 0

@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import bench_locks
+import bench_wait
 from bench_contention import HIST_EDGES
 
 REFERENCE = "pylivermore"
@@ -219,6 +221,10 @@ def markdown(data: dict[str, Any]) -> str:
             f"### Per operation, one connection ({data['ops']['seconds']:g} s per measurement)\n",
             ops_markdown(data["ops"]),
         ]
+    if data.get("locks"):
+        parts.append(bench_locks.markdown(data["locks"]))
+    if data.get("wait"):
+        parts.append(bench_wait.markdown(data["wait"]))
     if data.get("contention"):
         parts.append(contention_markdown(data["contention"]))
     if data.get("many"):

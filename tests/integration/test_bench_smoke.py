@@ -1,5 +1,7 @@
 """The benchmarks' smoke form (``benchmarks/bench.py --smoke``) runs to the end in a subprocess
-and reports every implementation on every grid cell, with no violation for pylivermore."""
+and reports every implementation on every grid cell, with no violation for pylivermore, the
+lock baselines (``bench_locks.py``): every ratio, and 0 overlaps for every lock implementation,
+and the waiting part (``bench_wait.py``): handoffs with 0 overlaps and a takeover for each."""
 
 from __future__ import annotations
 
@@ -66,7 +68,79 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert data["many"]["ratios"]
     assert all(v > 0 for v in data["many"]["ratios"].values())
     assert data["ops"]["ops_per_second"]["claim"] > 0
-    assert (tmp_path / "bench.md").read_text().count("pylivermore") >= len(CELLS)
+    # The floors pass their owner check and write (bench_ops verifies each window, or fails).
+    floors = data["ops"]["server_usec_per_call"]
+    assert {"floor: owner check + PEXPIRE", "floor: same + TIME + HSET lastHeartbeat"} <= set(floors)
+    assert all(f["usec"] > 0 for f in floors.values())
+
+    locks = data["locks"]
+    lock_impls = ["pylivermore", "redis-py Lock", "raw SET NX PX"]
+    if importlib.util.find_spec("redis_lock") is not None:
+        lock_impls.append("python-redis-lock")
+        assert not locks["notes"], locks["notes"]
+    else:
+        assert "python-redis-lock is not installed" in proc.stderr
+    assert sorted(locks["impls"]) == sorted(lock_impls)
+    one = locks["one_connection"]
+    expected_ratios = {"claim + release / redis-py Lock acquire + release", "lease.heartbeat() / raw PEXPIRE"}
+    assert expected_ratios <= set(one["ratios"])
+    assert all(v > 0 for v in one["ratios"].values())
+    assert all(loop["ops_per_s"] > 0 and loop["cpu_us_per_op"] > 0 for loop in one["loops"].values())
+    failed_claim = locks["failed_claim"]
+    assert failed_claim["claim_usec"] > 0
+    assert failed_claim["set_usec"] > 0
+    assert failed_claim["set_calls"] == failed_claim["calls"]
+    contention = locks["contention"]
+    lock_workers = data["settings"]["locks"]["workers"]
+    for impl in lock_impls:
+        mine = {r["workers"]: r for r in contention["runs"] if r["impl"] == impl}
+        assert sorted(mine) == sorted(lock_workers), impl
+        for w, run in mine.items():
+            cell = f"{impl} W={w}"
+            assert not run["failed"], (cell, run["failed"])
+            assert run["acquisitions"] > 0, cell
+            assert run["invariant"]["intervals"] == run["acquisitions"], cell
+            assert run["invariant"]["violations"] == 0, cell
+            assert run["errors"] == 0, (cell, run["error_samples"])
+            assert run["lost"] == 0, cell
+            fencing = run["invariant"]["fencing"]
+            if impl == "pylivermore":
+                assert fencing is not None, cell
+                assert fencing["not_increasing"] == 0, cell
+    for w in lock_workers:
+        assert set(contention["ratios"][f"W={w}"]) == set(lock_impls) - {"pylivermore"}
+
+    # Waiting (bench_wait.py): every implementation handed the resource over, with no overlap,
+    # and every waiter took over from a killed holder. No latency bound: the machine may be loaded.
+    wait = data["wait"]
+    wait_impls = [i for i in lock_impls if i != "raw SET NX PX"]
+    assert sorted(wait["impls"]) == sorted(wait_impls)
+    handoffs = {r["impl"]: r for r in wait["handoff"]}
+    assert sorted(handoffs) == sorted(wait_impls)
+    for impl, run in handoffs.items():
+        assert not run["failed"], (impl, run["failed"])
+        assert run["handoffs"] > 0, impl
+        assert run["invariant"]["intervals"] > run["handoffs"], impl
+        assert run["invariant"]["violations"] == 0, impl
+        assert run["lost"] == 0, impl
+        assert run["timeouts"] == 0, impl
+        assert run["waiters"] == data["settings"]["wait"]["waiters"], impl
+    fencing = handoffs["pylivermore"]["invariant"]["fencing"]
+    assert fencing is not None
+    assert fencing["not_increasing"] == 0
+    takeovers = wait["takeover"]["runs"]
+    assert sorted(takeovers) == sorted(wait_impls)
+    for impl, run in takeovers.items():
+        assert not run["failed"], (impl, run["failed"])
+        assert run["takeovers"] == len(run["reps"]) == data["settings"]["wait"]["reps"], impl
+
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "Waiting: handoff with" in markdown
+    assert "Waiting: takeover after a killed holder" in markdown
+    assert "Locks, one connection" in markdown
+    assert "A failed claim's server cost" in markdown
+    assert "Locks under contention" in markdown
+    assert markdown.count("pylivermore") >= len(CELLS)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "contention_throughput.png").stat().st_size > 0
         assert (tmp_path / "contention_latency.png").stat().st_size > 0
