@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -76,19 +75,17 @@ import redis
 import redis.exceptions
 import redis.lock
 from bench_contention import ProcessPool, check_intervals, merge_checks, percentile
+from bench_locks import (
+    PYLIVERMORE,
+    PYTHON_REDIS_LOCK,
+    REDIS_PY,
+    _table,
+    available,
+)
 from impls.base import sync_client
 
 from pylivermore import ClaimConflictError, Lease, Registry
 
-HAVE_PYTHON_REDIS_LOCK = importlib.util.find_spec("redis_lock") is not None
-NO_PYTHON_REDIS_LOCK = (
-    "python-redis-lock is not installed: its rows are skipped "
-    "(pip install -e '.[bench]', or pip install 'python-redis-lock>=4.0')"
-)
-
-PYLIVERMORE = "pylivermore"
-REDIS_PY = "redis-py Lock"
-PYTHON_REDIS_LOCK = "python-redis-lock"
 IMPLS_BY_NAME = {"pylivermore": PYLIVERMORE, "redis-py": REDIS_PY, "python-redis-lock": PYTHON_REDIS_LOCK}
 
 #: Longest a blocking acquire may wait (s); no acquire of a healthy run comes near it.
@@ -107,13 +104,6 @@ HOLD = 0.005
 PAUSE = (0.0, 0.002)
 #: Warm-up resource of worker i: WARMUP + i (scripts loaded, server checked before the start).
 WARMUP = 1000
-
-
-def available(impls: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(the implementations that can run here, notes about those that cannot)."""
-    if HAVE_PYTHON_REDIS_LOCK or PYTHON_REDIS_LOCK not in impls:
-        return list(impls), []
-    return [i for i in impls if i != PYTHON_REDIS_LOCK], [NO_PYTHON_REDIS_LOCK]
 
 
 # -- the implementations: acquire(rid) blocks -> handle or None (timed out); release(handle) -> held? --
@@ -680,11 +670,6 @@ def run_wait(
         admin.flushall()
         admin.close()
     return data
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def _ms(x: float | None) -> str:
