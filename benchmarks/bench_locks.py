@@ -55,6 +55,7 @@ import math
 import multiprocessing.connection
 import os
 import random
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -79,12 +80,16 @@ PYLIVERMORE = "pylivermore"
 REDIS_PY = "redis-py Lock"
 PYTHON_REDIS_LOCK = "python-redis-lock"
 RAW = "raw SET NX PX"
+NO_HISTORY = "pylivermore, no history"
+FLOOR = "floor: claim + release writes"
 #: Contention implementations by command-line name.
 CONTENTION_IMPLS = {
     "pylivermore": PYLIVERMORE,
+    "no-history": NO_HISTORY,
     "redis-py": REDIS_PY,
     "python-redis-lock": PYTHON_REDIS_LOCK,
     "raw": RAW,
+    "floor": FLOOR,
 }
 
 #: Hold time after a successful acquire, and the sleep after a failed one (uniform), seconds.
@@ -117,10 +122,17 @@ def livermore_variant(try_claim: bool) -> str:
 class Livermore:
     name = PYLIVERMORE
 
+    log_retention: float = 90 * 86400.0  # the library's default
+
     def __init__(self, client: redis.Redis, namespace: str, try_claim: bool = True) -> None:
         # The background heartbeat would renew every TTL / 3 s: holds here last 2 ms.
         self.registry = Registry(
-            client, namespace=namespace, ttl=TTL, heartbeat_interval=TTL / 3, renew_deadline=TTL * 0.8
+            client,
+            namespace=namespace,
+            ttl=TTL,
+            heartbeat_interval=TTL / 3,
+            renew_deadline=TTL * 0.8,
+            log_retention=self.log_retention,
         )
         self.try_claim = try_claim
 
@@ -136,6 +148,96 @@ class Livermore:
 
     def close(self) -> None:
         self.registry.close()
+
+
+class LivermoreNoHistory(Livermore):
+    """pylivermore with leases without history (``log_retention=0``): no log entries but a release's."""
+
+    name = NO_HISTORY
+    log_retention = 0
+
+
+#: The floor of a claim + release (not pylivermore): one script each that does the writes SPEC asks
+#: of them and the owner check, and nothing else: no argument, key or record validation, no
+#: conflict fields, no seq, no ISO timestamps. The claim: free? then fence INCR, the log entry
+#: (XADD, trimmed by MINID), the record (the same 15 fields as a claim's), its TTL; the release: the
+#: owner's digest compared, the log entry, DEL. Retention "0" leaves out the log entries.
+FLOOR_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local t = redis.call('TIME')
+local fence = redis.call('INCR', KEYS[3])
+if ARGV[5] ~= '0' then
+  redis.call('XADD', KEYS[2], 'MINID', '~', t[1] * 1000 - ARGV[5], '*', 'event', 'claim', 'timestamp', t[1],
+    'exchangeId', ARGV[3], 'exchangeName', ARGV[4], 'hostname', 'host', 'ip', '', 'fencingToken', fence,
+    'instanceId', 'host:1', 'ttlMs', ARGV[2], 'how', 'new', 'replaced', '')
+end
+redis.call('HSET', KEYS[1], 'exchangeId', ARGV[3], 'exchangeName', ARGV[4], 'hostname', 'host',
+  'connectionState', 'idle', 'symbolCount', '0', 'lastHeartbeat', t[1], 'lastStateChange', t[1],
+  'registeredAt', t[1], 'fencingToken', fence, 'instanceId', 'host:1', 'ownerDigest', redis.sha1hex(ARGV[1]),
+  'seq', '0', 'retentionMs', ARGV[5], 'contract', '2')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return fence
+"""
+FLOOR_RELEASE = """
+local held = redis.call('HMGET', KEYS[1], 'ownerDigest', 'connectionState', 'retentionMs')
+if held[1] ~= redis.sha1hex(ARGV[1]) then return 0 end
+if held[3] ~= '0' then
+  local t = redis.call('TIME')
+  redis.call('XADD', KEYS[2], 'MINID', '~', t[1] * 1000 - held[3], '*', 'event', 'deregister', 'timestamp', t[1],
+    'state', held[2], 'fencingToken', ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class FloorScripts:
+    """The floor scripts above through the same client (``EVALSHA``), on pylivermore's key layout."""
+
+    name = FLOOR
+    retention = "7776000000"
+
+    def __init__(self, client: redis.Redis, namespace: str, try_claim: bool = True) -> None:
+        self.client = client
+        self.keys = [
+            (f"{namespace}:{{{i + 1}}}:status", f"{namespace}:{{{i + 1}}}:log", f"{namespace}:{{{i + 1}}}:fence")
+            for i in range(WARMUP_RID + 1)
+        ]
+        self.claim_sha = client.script_load(FLOOR_CLAIM)
+        self.release_sha = client.script_load(FLOOR_RELEASE)
+
+    def try_acquire(self, rid: int) -> tuple[int, str, int] | None:
+        token = secrets.token_urlsafe(24)
+        fence = self.client.evalsha(
+            self.claim_sha, 3, *self.keys[rid], token, TTL_MS, rid + 1, f"Exchange{rid + 1}", self.retention
+        )
+        return None if fence is None else (rid, token, int(fence))
+
+    def release(self, handle: tuple[int, str, int]) -> bool:
+        rid, token, fence = handle
+        return bool(self.client.evalsha(self.release_sha, 2, *self.keys[rid][:2], token, fence))
+
+    @staticmethod
+    def token(handle: Any) -> int | None:
+        return int(handle[2])
+
+    def close(self) -> None:
+        return None
+
+
+#: The floor of a heartbeat (not pylivermore): the owner check and the writes SPEC asks of it
+#: (TTL renewed, lastHeartbeat set from the server clock), nothing else.
+FLOOR_HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'ownerDigest') ~= redis.sha1hex(ARGV[1]) then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'lastHeartbeat', redis.call('TIME')[1])
+return 1
+"""
+
+
+class FloorScriptsNoHistory(FloorScripts):
+    name = "floor: claim + release writes, no history"
+    retention = "0"
 
 
 class RedisPyLock:
@@ -228,9 +330,11 @@ class RawSetNx:
 
 IMPL_CLASSES: dict[str, Callable[..., Any]] = {
     PYLIVERMORE: Livermore,
+    NO_HISTORY: LivermoreNoHistory,
     REDIS_PY: RedisPyLock,
     PYTHON_REDIS_LOCK: PythonRedisLock,
     RAW: RawSetNx,
+    FLOOR: FloorScripts,
 }
 
 
@@ -310,6 +414,20 @@ def one_connection(url: str, seconds: float, impls: Sequence[str], try_claim: bo
     status_key = f"one-holding:{{{held.exchange_id}}}:status"  # the key layout of lua/README.md
     loops[f"{PYLIVERMORE}: lease.heartbeat()"] = held.heartbeat
     loops["raw PEXPIRE (same record, same client)"] = lambda: client.pexpire(status_key, TTL_MS)
+    # The floors: scripts that do the work named and nothing more, through the same client.
+    if FLOOR not in impls:
+        loops[f"{FLOOR}: acquire + release"] = acquire_release(FloorScripts(client, "one-floor"), 0)
+    loops[f"{FloorScriptsNoHistory.name}: acquire + release"] = acquire_release(
+        FloorScriptsNoHistory(client, "one-floor-bare"), 0
+    )
+    heartbeat_sha = client.script_load(FLOOR_HEARTBEAT)
+    token = held._core.token  # the benchmark reads the lease's secret so that the floor's owner check passes
+
+    def floor_heartbeat() -> None:
+        if client.evalsha(heartbeat_sha, 1, status_key, token, TTL_MS) != 1:
+            raise AssertionError("the heartbeat floor's owner check failed: it would measure an early return")
+
+    loops["floor: heartbeat (owner check + PEXPIRE + TIME + HSET lastHeartbeat)"] = floor_heartbeat
     for fn in loops.values():  # warm up: scripts loaded, the registry's server check done
         fn()
     rates = interleaved(loops, seconds)
@@ -332,11 +450,29 @@ def one_connection(url: str, seconds: float, impls: Sequence[str], try_claim: bo
         ratios["claim + release / python-redis-lock acquire + release"] = (
             rates[claim_key]["ops_per_s"] / rates[prl_key]["ops_per_s"]
         )
-    ratios["lease.heartbeat() / raw PEXPIRE"] = (
-        rates[f"{PYLIVERMORE}: lease.heartbeat()"]["ops_per_s"]
-        / rates["raw PEXPIRE (same record, same client)"]["ops_per_s"]
+    pexpire = rates["raw PEXPIRE (same record, same client)"]["ops_per_s"]
+    ratios["lease.heartbeat() / raw PEXPIRE"] = rates[f"{PYLIVERMORE}: lease.heartbeat()"]["ops_per_s"] / pexpire
+    floors = {}  # what the work itself allows, next to the targets (rates of the same run)
+    lock = rates.get(lock_key, {}).get("ops_per_s")
+    for name in (
+        f"{NO_HISTORY}: acquire + release",
+        f"{FLOOR}: acquire + release",
+        f"{FloorScriptsNoHistory.name}: acquire + release",
+    ):
+        if lock and name in rates:
+            floors[f"{name.removesuffix(': acquire + release')} / redis-py Lock acquire + release"] = (
+                rates[name]["ops_per_s"] / lock
+            )
+    floors["floor: heartbeat / raw PEXPIRE"] = (
+        rates["floor: heartbeat (owner check + PEXPIRE + TIME + HSET lastHeartbeat)"]["ops_per_s"] / pexpire
     )
-    return {"seconds_per_loop": seconds, "loops": rates, "ratios": ratios, "variant": livermore_variant(try_claim)}
+    return {
+        "seconds_per_loop": seconds,
+        "loops": rates,
+        "ratios": ratios,
+        "floors": floors,
+        "variant": livermore_variant(try_claim),
+    }
 
 
 # -- 3. a failed claim's server cost -------------------------------------------------------------------
@@ -690,7 +826,7 @@ def measure(
     calls: int,
     workers: Sequence[int] = (16, 64),
     resources: int = 8,
-    impls: Sequence[str] = (PYLIVERMORE, REDIS_PY, PYTHON_REDIS_LOCK, RAW),
+    impls: Sequence[str] = (PYLIVERMORE, NO_HISTORY, REDIS_PY, PYTHON_REDIS_LOCK, RAW, FLOOR),
     try_claim: bool = True,
     skip: Sequence[str] = (),
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
@@ -754,6 +890,13 @@ def markdown(data: dict[str, Any]) -> str:
             ),
             "",
         ]
+        if one.get("floors"):
+            parts += [
+                "Next to the targets, what the work allows (same run): the no-history mode, and the floors "
+                "(scripts that do only the owner check and the writes named, through the same client):\n",
+                _table(["ratio", "value"], [[k, f"{v:.2f}"] for k, v in one["floors"].items()]),
+                "",
+            ]
     fc = data.get("failed_claim")
     if fc:
         cmds = ", ".join(f"{k} x {v:g}" for k, v in fc["claim_scripts"].items())
@@ -827,6 +970,22 @@ def markdown(data: dict[str, Any]) -> str:
         others = [i for i in impls if i != PYLIVERMORE]
         ratio_rows = [[w] + [f"{row[o]:.2f}" if row.get(o) else "-" for o in others] for w, row in c["ratios"].items()]
         parts += [_table(["", *[f"pylivermore / {o}" for o in others]], ratio_rows), ""]
+        by = {(r["workers"], r["impl"]): r["acquisitions_per_s"] for r in c["runs"]}
+        shown = [i for i in (NO_HISTORY, FLOOR) if i in impls]
+        locks = [i for i in (REDIS_PY, PYTHON_REDIS_LOCK) if i in impls]
+        if shown and locks:
+            rows = []
+            for w in sorted({r["workers"] for r in c["runs"]}):
+                rows.append(
+                    [f"W={w}"]
+                    + [
+                        f"{by[(w, i)] / by[(w, lock)]:.2f}" if by.get((w, i)) and by.get((w, lock)) else "-"
+                        for i in shown
+                        for lock in locks
+                    ]
+                )
+            header = ["", *[f"{i} / {lock}" for i in shown for lock in locks]]
+            parts += [_table(header, rows), ""]
         samples = sorted({f"{r['impl']}: {e}" for r in c["runs"] for e in r["error_samples"]})
         if samples:
             parts.append("Error samples:\n\n" + "\n".join(f"- {s}" for s in samples[:10]) + "\n")

@@ -16,7 +16,9 @@ Layouts measured on the same data (none changes the library):
   smaller values set for the run with ``CONFIG SET`` (restored afterwards);
 * ``stream, compacted``: a ``DUMP``/``RESTORE`` copy of each log, i.e. the same stream without the
   free space the server reserves in a stream's newest node (what a restart from an RDB file loads);
-* ``no log``: status + fence alone (the log deleted), the cost of a stream-free mode;
+* ``no history``: the library's leases without history (``Registry(log_retention=0)``): the same
+  claims and transitions write no log entry, so a resource is its status + fence; after a release the
+  log is an empty stream (the release's entry, trimmed as it is added, woke the waiters);
 * ``capped list`` / ``hash field`` / ``string``: the newest ``--keep`` (16) entries of each log, each
   entry serialized with its id, field names and values, in a ``LIST`` (one element per entry), in one
   field of a hash, or in one string, under ``<ns>:{<id>}:<suffix>`` (the resource's slot); the cost is
@@ -63,7 +65,7 @@ NODE_ENTRIES = "stream-node-max-entries"
 
 STREAM = "stream"
 COMPACTED = "stream, compacted (DUMP/RESTORE copy)"
-NO_LOG = "no log (status + fence)"
+NO_LOG = "no history (log_retention=0): status + fence"
 LIST = "capped list"
 HASH = "hash field"
 STRING = "string"
@@ -136,7 +138,7 @@ def delete_namespace(client: redis.Redis, namespace: str) -> int:
 class Population:
     """N resources claimed through the public API, each with the number of log entries it has."""
 
-    def __init__(self, client: redis.Redis, namespace: str, resources: int) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, resources: int, history: bool = True) -> None:
         self.client, self.namespace = client, namespace
         # Timings that keep the background heartbeat out of the run: nothing comes due.
         self.registry = Registry(
@@ -147,6 +149,7 @@ class Population:
             renew_deadline=1800,
             hostname=HOSTNAME,
             instance_id=INSTANCE_ID,
+            **({} if history else {"log_retention": 0}),
         )
         self.leases: list[Lease] = [self.registry.claim(rid, "Bench") for rid in range(1, resources + 1)]
         self.entries = 1  # the claim's log entry
@@ -264,24 +267,31 @@ def stream_pass(
     return stages, alts, released
 
 
-def status_fence_pass(
+def no_history_pass(
     client: redis.Redis, namespace: str, resources: int, entries: Sequence[int], log: Log
-) -> dict[int, dict[str, Any]]:
-    """Status + fence alone: at each entry count, every log is deleted before measuring (the next
-    transitions write a new one, deleted again at the next step)."""
+) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """Leases without history (``log_retention=0``): at each step the same operations as the stream
+    pass (a claim, then transitions), none of which writes a log entry; then after release."""
     baseline = used_memory(client)
-    pop = Population(client, namespace, resources)
+    pop = Population(client, namespace, resources, history=False)
     stages: dict[int, dict[str, Any]] = {}
     try:
         for count in entries:
             pop.advance(count)
-            pipelined(client, (("UNLINK", name) for name in pop.keys("log")))
             stages[count] = {**pop.sample(), "used_memory": (used_memory(client) - baseline) / resources}
-            log(f"  {count:>4} entries, log deleted: {_brief(stages[count])}")
+            log(f"  {count:>4} operations, no history: {_brief(stages[count])}")
+        for lease in pop.leases:
+            lease.release()
+        released = {
+            **pop.sample(),
+            "entries": int(client.xlen(key(namespace, 1, "log"))),
+            "used_memory": (used_memory(client) - baseline) / resources,
+        }
+        log(f"  released ({released['entries']} entries): {_brief(released)}")
     finally:
         pop.close()
         delete_namespace(client, namespace)
-    return stages
+    return stages, released
 
 
 def _brief(sample: dict[str, Any]) -> str:
@@ -325,7 +335,7 @@ def run_memory(
     delete_namespace(client, namespace)
 
     log(f"- {NO_LOG}")
-    bare = status_fence_pass(client, namespace, resources, entries, log)
+    bare, bare_released = no_history_pass(client, namespace, resources, entries, log)
     log(f"- {STREAM}, {NODE_BYTES} {original}")
     default_label = f"{STREAM} ({NODE_BYTES} {original})"
     stages, alts, released = stream_pass(client, namespace, resources, entries, keep, log)
@@ -367,6 +377,7 @@ def run_memory(
         "default_layout": default_label,
         "layouts": layouts,
         "after_release": released,
+        "no_history_after_release": bare_released,
         "skipped": skipped,
     }
 
@@ -390,20 +401,26 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     entries = results[0]["entries"]
     first, rest = entries[0], entries[1:]
     n = results[0]["resources"]
-    header = ["server", "allocator", "status", "fence", "log", f"total ({first} entry)"]
+    header = ["server", "allocator", "layout", "status", "fence", "log", f"total ({first} entry)"]
     header += [f"total ({e} entries)" for e in rest]
     header += [f"used_memory/resource, N={n:,} ({e})" for e in entries] + ["after release: fence + log"]
     rows = []
     for r in results:
-        stages = r["layouts"][r["default_layout"]]
-        row = [f"{r['server']['name']} {r['server']['version']}", r["server"]["allocator"]]
-        row += [_b(stages[first][role]) for role in ROLES] + [_b(stages[e]["total"]) for e in entries]
-        row += [_b(stages[e]["used_memory"]) for e in entries]
-        released = r["after_release"]
-        row.append(f"{_b(released['used_memory'])} ({_b(released['total'])} MU, {released['entries']} entries)")
-        rows.append(row)
+        for label, after in ((r["default_layout"], "after_release"), (NO_LOG, "no_history_after_release")):
+            stages = r["layouts"][label]
+            row = [f"{r['server']['name']} {r['server']['version']}", r["server"]["allocator"], label]
+            row += [_b(stages[first][role]) for role in ROLES] + [_b(stages[e]["total"]) for e in entries]
+            row += [_b(stages[e]["used_memory"]) for e in entries]
+            released = r.get(after)
+            row.append(
+                f"{_b(released['used_memory'])} ({_b(released['total'])} MU, {released['entries']} entries)"
+                if released
+                else ""
+            )
+            rows.append(row)
     out = [
-        f"Per resource, bytes. status/fence/log: MEMORY USAGE … SAMPLES 0 after the claim (1 log entry); "
+        f"Per resource, bytes. status/fence/log: MEMORY USAGE … SAMPLES 0 after the claim (1 log entry; "
+        f"none without history); "
         f"total: their sum after {', '.join(str(e) for e in entries)} log entries; used_memory: growth of "
         f"INFO used_memory over N={n:,} claimed resources / N.",
         "",

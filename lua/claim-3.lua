@@ -15,14 +15,15 @@
   ARGV[5]  hostname       UTF-8 text, 1..255 bytes, no control characters
   ARGV[6]  instance_id    UTF-8 text, 1..255 bytes, no control characters; identity of the claiming process
   ARGV[7]  reclaim        "1": take over a record held by the same instance_id; "0": never
-  ARGV[8]  retention_ms   integer milliseconds 86400000..315360000000, stored in the record; the lease's log writes trim older entries
+  ARGV[8]  retention_ms   integer milliseconds 86400000..315360000000, stored in the record; the lease's log writes trim older entries;
+                          or 0: no history (the lease writes no log entry; its release wakes waiters and leaves the log empty)
   ARGV[9]  table          "" for the default state table, or edges "from>to" separated by single spaces (at most 2048 bytes, one leaving idle)
 
   Reply    {"CLAIMED", fencing_token, how}   how = "new" | "reclaim" | "retry" (same token and arguments again: nothing written)
            {"CONFLICT", pttl_ms, field, value, ...}   held by someone else: its public fields (lua/README.md); nothing written
            {"CORRUPT", reason}   a key holds something this contract never writes; nothing written
   Errors   "ERR pylivermore bad-args: <what>"   a caller bug (also: the same token with other arguments); nothing written
-  Writes   log (XADD MINID ~, the first write), status (DEL on reclaim, HSET, PEXPIRE), fence (SET)
+  Writes   log (XADD MINID ~, the first write; none without history), status (DEL on reclaim, HSET, PEXPIRE), fence (SET)
   Time     server TIME (timestamps, fencing token floor, log trimming)
   Requires Redis >= 6.2
 ]]
@@ -99,6 +100,19 @@ local function text_ok(s, lo, hi, lines)
 end
 --- end
 
+--- shared: retention (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- (needs int_in) A retention_ms: 0 (no history: see append) or 86400000 (one day) to 315360000000
+-- milliseconds; nil otherwise. A record's retentionMs is absent on a v1 record: the 90-day default.
+local function retention_in(value)
+  if value == '0' then return 0 end
+  return int_in(value, 86400000, 315360000000)
+end
+local function record_retention(value)
+  if not value then return 7776000000 end
+  return retention_in(value)
+end
+--- end
+
 local id, wrong = check_keys('status', 'log', 'fence')
 if not id then return wrong end
 if exchange_id ~= id then return bad('exchange_id must be the <id> of the keys (' .. id .. ')') end
@@ -109,8 +123,10 @@ if not text_ok(exchange_name, 1, 128) then return bad('exchange_name must be 1-1
 if not text_ok(hostname, 1, 255) then return bad('hostname must be 1-255 bytes of UTF-8 without control characters') end
 if not text_ok(instance_id, 1, 255) then return bad('instance_id must be 1-255 bytes of UTF-8 without control characters') end
 if reclaim ~= '0' and reclaim ~= '1' then return bad('reclaim must be "0" or "1"') end
-local retention = int_in(retention_arg, 86400000, 315360000000)
-if not retention then return bad('retention_ms must be an integer from 86400000 (one day) to 315360000000') end
+local retention = retention_in(retention_arg)
+if not retention then
+  return bad('retention_ms must be 0 (no history) or an integer from 86400000 (one day) to 315360000000')
+end
 if edges ~= '' then
   local ok = #edges <= 2048 and string.find(' ' .. edges, ' idle>', 1, true) and not string.find(edges, '^ ')
     and not string.find(edges, ' $') and not string.find(edges, '  ', 1, true)
@@ -215,8 +231,18 @@ end
 -- Append one activity-log entry, trimming entries older than retention_ms (MINID ~). It is each
 -- script's first write: if the log key holds another type, XADD fails (WRONGTYPE) and nothing has been
 -- written. Answers nil, or the reply to return (CORRUPT, or the server's error such as OOM).
+-- A lease without history (retention_ms 0) writes no entry, except that a release (deregister,
+-- force_release) adds one and trims it at once (MAXLEN 0): a waiter blocked on the log (XREAD BLOCK)
+-- wakes, and the log stays empty (its last id moves on; an empty stream costs ~0.25 KB, one entry ~4.7).
 local function append(log, sec, retention_ms, ...)
-  local added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  local added
+  if retention_ms > 0 then
+    added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  else
+    local event = select(2, ...)
+    if event ~= 'deregister' and event ~= 'force_release' then return nil end
+    added = redis.pcall('XADD', log, 'MAXLEN', '0', '*', ...)
+  end
   if type(added) == 'table' and added['err'] then
     if string.sub(added['err'], 1, 9) == 'WRONGTYPE' then return {'CORRUPT', 'log key is not a stream'} end
     return redis.error_reply(added['err'])

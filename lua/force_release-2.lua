@@ -9,7 +9,8 @@
 
   ARGV[1]  reason         why, 1-1024 bytes of UTF-8 without control characters other than tab, LF, CR
   ARGV[2]  operator       who, 1-255 bytes of UTF-8 without control characters
-  ARGV[3]  retention_ms   integer milliseconds 86400000..315360000000; log entries older than this are trimmed (MINID ~)
+  ARGV[3]  retention_ms   0 or integer milliseconds 86400000..315360000000: the trimming of a record that stored no retentionMs (v1);
+                          a v2 record's own retentionMs decides (0: no history, the entry wakes waiters and is trimmed at once)
 
   Reply    {"RELEASED", fencing_token, state}   the removed holder's token and state
            {"ABSENT"}   no record; nothing written
@@ -86,24 +87,42 @@ local function text_ok(s, lo, hi, lines)
 end
 --- end
 
+--- shared: retention (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
+-- (needs int_in) A retention_ms: 0 (no history: see append) or 86400000 (one day) to 315360000000
+-- milliseconds; nil otherwise. A record's retentionMs is absent on a v1 record: the 90-day default.
+local function retention_in(value)
+  if value == '0' then return 0 end
+  return int_in(value, 86400000, 315360000000)
+end
+local function record_retention(value)
+  if not value then return 7776000000 end
+  return retention_in(value)
+end
+--- end
+
 local id, wrong = check_keys('status', 'log')
 if not id then return wrong end
 if not text_ok(reason, 1, 1024, true) then
   return bad('reason must be 1-1024 bytes of UTF-8 without control characters other than tab, LF and CR')
 end
 if not text_ok(operator, 1, 255) then return bad('operator must be 1-255 bytes of UTF-8 without control characters') end
-local retention = int_in(retention_arg, 86400000, 315360000000)
-if not retention then return bad('retention_ms must be an integer from 86400000 (one day) to 315360000000') end
+local fallback = retention_in(retention_arg)
+if not fallback then
+  return bad('retention_ms must be 0 (no history) or an integer from 86400000 (one day) to 315360000000')
+end
 
 local held = redis.pcall('HMGET', status, 'fencingToken', 'connectionState', 'exchangeId', 'exchangeName',
-  'hostname', 'ipAddress', 'instanceId')
+  'hostname', 'ipAddress', 'instanceId', 'retentionMs')
 if held['err'] then return {'CORRUPT', 'status key is not a hash'} end
 if not held[1] then
   if rcall('EXISTS', status) == 1 then return {'CORRUPT', 'status hash has no fencingToken'} end
   return {'ABSENT'}
 end
-if not int_in(held[1], 1, 9007199254740991) or not held[2] or held[3] ~= id or not held[4] or not held[5] then
-  return {'CORRUPT', 'status hash lacks a valid fencingToken, connectionState or identity, or its exchangeId is not its key\'s id'}
+-- The lease's own retention (0: no history) decides, as for its owner's writes; the argument only
+-- for a v1 record, which stored none.
+local retention = held[8] and retention_in(held[8]) or (not held[8] and fallback)
+if not int_in(held[1], 1, 9007199254740991) or not held[2] or held[3] ~= id or not held[4] or not held[5] or not retention then
+  return {'CORRUPT', 'status hash lacks a valid fencingToken, connectionState, identity or retentionMs, or its exchangeId is not its key\'s id'}
 end
 
 --- shared: iso (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
@@ -129,8 +148,18 @@ end
 -- Append one activity-log entry, trimming entries older than retention_ms (MINID ~). It is each
 -- script's first write: if the log key holds another type, XADD fails (WRONGTYPE) and nothing has been
 -- written. Answers nil, or the reply to return (CORRUPT, or the server's error such as OOM).
+-- A lease without history (retention_ms 0) writes no entry, except that a release (deregister,
+-- force_release) adds one and trims it at once (MAXLEN 0): a waiter blocked on the log (XREAD BLOCK)
+-- wakes, and the log stays empty (its last id moves on; an empty stream costs ~0.25 KB, one entry ~4.7).
 local function append(log, sec, retention_ms, ...)
-  local added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  local added
+  if retention_ms > 0 then
+    added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  else
+    local event = select(2, ...)
+    if event ~= 'deregister' and event ~= 'force_release' then return nil end
+    added = redis.pcall('XADD', log, 'MAXLEN', '0', '*', ...)
+  end
   if type(added) == 'table' and added['err'] then
     if string.sub(added['err'], 1, 9) == 'WRONGTYPE' then return {'CORRUPT', 'log key is not a stream'} end
     return redis.error_reply(added['err'])

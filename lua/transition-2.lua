@@ -103,10 +103,15 @@ local function applied_seq(value)
 end
 --- end
 --- shared: retention (a copy from lua/shared/helpers.lua: edit it there, then make lua-sync)
--- The retention chosen at claim, stored in the record (absent on a v1 record: the 90-day default).
+-- (needs int_in) A retention_ms: 0 (no history: see append) or 86400000 (one day) to 315360000000
+-- milliseconds; nil otherwise. A record's retentionMs is absent on a v1 record: the 90-day default.
+local function retention_in(value)
+  if value == '0' then return 0 end
+  return int_in(value, 86400000, 315360000000)
+end
 local function record_retention(value)
   if not value then return 7776000000 end
-  return int_in(value, 86400000, 315360000000)
+  return retention_in(value)
 end
 --- end
 
@@ -156,8 +161,18 @@ end
 -- Append one activity-log entry, trimming entries older than retention_ms (MINID ~). It is each
 -- script's first write: if the log key holds another type, XADD fails (WRONGTYPE) and nothing has been
 -- written. Answers nil, or the reply to return (CORRUPT, or the server's error such as OOM).
+-- A lease without history (retention_ms 0) writes no entry, except that a release (deregister,
+-- force_release) adds one and trims it at once (MAXLEN 0): a waiter blocked on the log (XREAD BLOCK)
+-- wakes, and the log stays empty (its last id moves on; an empty stream costs ~0.25 KB, one entry ~4.7).
 local function append(log, sec, retention_ms, ...)
-  local added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  local added
+  if retention_ms > 0 then
+    added = redis.pcall('XADD', log, 'MINID', '~', string.format('%d', sec * 1000 - retention_ms), '*', ...)
+  else
+    local event = select(2, ...)
+    if event ~= 'deregister' and event ~= 'force_release' then return nil end
+    added = redis.pcall('XADD', log, 'MAXLEN', '0', '*', ...)
+  end
   if type(added) == 'table' and added['err'] then
     if string.sub(added['err'], 1, 9) == 'WRONGTYPE' then return {'CORRUPT', 'log key is not a stream'} end
     return redis.error_reply(added['err'])

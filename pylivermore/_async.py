@@ -52,7 +52,17 @@ from ._renewal import (
 )
 from ._scripts import load_scripts
 from ._states import State
-from ._waiting import ClaimWait, got_entry, newest_id, socket_timeout_of, wait_seconds
+from ._waiting import (
+    NO_ENTRY,
+    STANDBY_ROUND,
+    ClaimWait,
+    got_entry,
+    last_generated_id,
+    newest_id,
+    socket_timeout_of,
+    standby_round,
+    wait_seconds,
+)
 from .errors import ClaimConflictError, LeaseLostError, LivermoreError
 from .models import ActivityEntry, InstanceStatus
 from .resolver import AsyncResolver, no_address
@@ -294,6 +304,25 @@ class AsyncRegistry:
         for callers that only retry)."""
         return await self._claim(exchange_id, exchange_name, reclaim, on_lost, replicas, replica_timeout, wait, True)
 
+    async def standby(
+        self,
+        exchange_id: int | str,
+        exchange_name: str,
+        *,
+        on_lost: Callable[[AsyncLease], object] | None = None,
+        stop: asyncio.Event | None = None,
+        check_every: float = STANDBY_ROUND,
+    ) -> AsyncLease | None:
+        """A warm spare, as :meth:`Registry.standby <pylivermore.Registry.standby>`: the lease once
+        this process holds *exchange_id*, or ``None`` once *stop* is set (looked at every
+        *check_every* seconds). Cancelling the task ends it at once."""
+        seconds = standby_round(check_every)
+        while stop is None or not stop.is_set():
+            lease = await self._claim(exchange_id, exchange_name, False, on_lost, 0, 1.0, seconds, True)
+            if lease is not None:
+                return lease
+        return None
+
     async def _claim(
         self,
         exchange_id: int | str,
@@ -332,6 +361,8 @@ class AsyncRegistry:
             # The newest entry before the attempt: a release between the attempt and the block is
             # then newer than it, and ends the block at once.
             since = newest_id(await client.xrevrange(log, count=1))
+            if since == NO_ENTRY:
+                since = await self._last_generated_id(log)
             try:
                 return await self._attempt(pending, durable, False)
             except ClaimConflictError as conflict:
@@ -341,6 +372,15 @@ class AsyncRegistry:
                         return None
                     raise
             waiter.woke(got_entry(await client.xread({log: since}, block=block)))
+
+    async def _last_generated_id(self, log: str) -> bytes | str:
+        """An empty log's last generated id (where a block must start), or ``0-0`` without a log."""
+        try:
+            return last_generated_id(await self._client.xinfo_stream(log))
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+            return NO_ENTRY  # no log yet: any entry that creates it is newer than 0-0
 
     async def _attempt(self, pending: PendingClaim, durable: tuple[int, int] | None, quiet: bool) -> LeaseCore | None:
         """One claim round trip: the lease's core, or on conflict an error (``None`` if *quiet*)."""

@@ -91,10 +91,16 @@ class RegistryConfig:
             )
         if not 0.01 <= self.ttl <= DAY:
             raise ValueError(f"ttl must be between 0.01 and 86400 seconds, not {ttl}")
-        retention = _seconds("log_retention", log_retention)
-        # The contract's floor (lua/README.md): no call may trim history younger than a day.
-        if not DAY <= retention <= 3650 * DAY:
-            raise ValueError(f"log_retention must be between 1 day (86400 s) and 3650 days, not {log_retention}")
+        retention = (
+            0.0
+            if log_retention == 0 and not isinstance(log_retention, bool)
+            else _seconds("log_retention", log_retention)
+        )
+        # The contract's floor (lua/README.md): no call may trim history younger than a day; 0 keeps none.
+        if retention != 0 and not DAY <= retention <= 3650 * DAY:
+            raise ValueError(
+                f"log_retention must be 0 (no history) or between 1 day (86400 s) and 3650 days, not {log_retention}"
+            )
         table, table_wire = build_table(transitions)
         self.hostname = check_text(
             "hostname", hostname if hostname is not None else socket.gethostname() or "unknown", 1, 255

@@ -4,6 +4,9 @@ Pure decisions, shared by both drivers (they only send ``XREVRANGE`` / the claim
 A waiter reads the log's newest entry id *before* each claim attempt; on conflict it blocks
 (``XREAD BLOCK <ms> STREAMS <log> <id>``) until a newer entry appears (a ``deregister`` or
 ``force_release`` among them) or the holder's record should have expired, then tries again.
+An empty log (a lease without history: its release adds an entry and trims it at once) has no
+newest entry: its last generated id (``XINFO STREAM``) takes that place, so that a release between
+the attempt and the block still ends the block at once.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ MAX_BACKOFF_MS = 1000
 #: Where a log with no entries starts: any entry is newer.
 NO_ENTRY = "0-0"
 
+#: ``standby()`` waits in rounds of this many seconds (a waiting claim each), looking at its
+#: *stop* event between rounds: a stop is seen within one round.
+STANDBY_ROUND = 5.0
+
 
 def wait_seconds(wait: float) -> float:
     """*wait* validated: a finite number of seconds, at least 0 (``0``: do not wait)."""
@@ -35,12 +42,31 @@ def wait_seconds(wait: float) -> float:
     return float(wait)
 
 
+def standby_round(check_every: float) -> float:
+    """*check_every* of ``standby()`` validated: a finite number of seconds above 0."""
+    if isinstance(check_every, bool) or not isinstance(check_every, int | float):
+        raise TypeError(f"check_every must be a number of seconds, not {type(check_every).__name__}")
+    if not math.isfinite(check_every) or check_every <= 0:
+        raise ValueError(f"check_every must be a finite number of seconds above 0, not {check_every!r}")
+    return float(check_every)
+
+
 def newest_id(reply: object) -> bytes | str:
     """The id of ``XREVRANGE <log> + - COUNT 1``'s entry, or :data:`NO_ENTRY` for an empty log."""
     if isinstance(reply, Sequence) and reply:
         entry = reply[0]
         if isinstance(entry, Sequence) and entry and isinstance(entry[0], bytes | str):
             return entry[0]
+    return NO_ENTRY
+
+
+def last_generated_id(reply: object) -> bytes | str:
+    """The ``last-generated-id`` of redis-py's ``XINFO STREAM`` reply, or :data:`NO_ENTRY`."""
+    if isinstance(reply, dict):
+        for key in ("last-generated-id", b"last-generated-id"):
+            value = reply.get(key)
+            if isinstance(value, bytes | str):
+                return value
     return NO_ENTRY
 
 

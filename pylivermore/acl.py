@@ -69,8 +69,9 @@ CLIENT_SETINFO = ("client|setinfo",)
 DURABLE_COMMANDS = ("wait",)
 
 #: What a waiting claim (``claim(..., wait=seconds)``) sends between attempts, besides
-#: ``XREVRANGE``: ``XREAD BLOCK`` on the resource's activity log, to wake on a release. It only reads.
-WAIT_COMMANDS = ("xread",)
+#: ``XREVRANGE``: ``XREAD BLOCK`` on the resource's activity log, to wake on a release, and ``XINFO
+#: STREAM`` for an empty log's last id (a lease without history). It only reads.
+WAIT_COMMANDS = ("xread", "xinfo|stream")
 
 #: How a worker calls the scripts (``transport="scripts"``, the default): ``EVALSHA``, and ``SCRIPT
 #: LOAD`` to load a script again after ``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``).

@@ -61,9 +61,11 @@ BAD_TTLS: Values = [
     ("above-1-day", "86400001"),
     ("huge", "99999999999"),
 ]
-#: v2: the retention floor is one day, so a call can never trim the recent history.
+#: v2: the retention floor is one day, so a call can never trim the recent history ("0" is valid:
+#: a lease without history, tests/contract/test_no_history.py).
 BAD_RETENTIONS: Values = [
-    ("0", "0"),
+    ("1", "1"),
+    ("leading-zero", "086400000"),
     ("999", "999"),
     ("1000", "1000"),
     ("one-day-minus-1", "86399999"),
@@ -339,10 +341,10 @@ SEQ_DAMAGE: dict[str, Callable[..., None]] = {
     "hash-leading-zero-seq": _field("seq", "01"),
     "hash-fraction-seq": _field("seq", "1.5"),
 }
-#: v2: the record's retentionMs is what its log writes trim with: never below one day.
+#: v2: the record's retentionMs is what its log writes trim with: never below one day ("0": no history).
 RETENTION_DAMAGE: dict[str, Callable[..., None]] = {
     "hash-retention-1000": _field("retentionMs", "1000"),
-    "hash-retention-0": _field("retentionMs", "0"),
+    "hash-retention-00": _field("retentionMs", "00"),
     "hash-retention-text": _field("retentionMs", "forever"),
 }
 LOG_DAMAGE: dict[str, Callable[..., None]] = {

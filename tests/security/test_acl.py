@@ -140,6 +140,13 @@ def test_worker_runs_the_whole_lifecycle(server: RedisServer, worker: redis.Redi
     assert lease.release()
     second = registry.claim(1, "Coinbase")
     assert registry.force_release(1, "maintenance") == second.fencing_token
+    # Without history: a waiting claim reads the empty log's last id (XINFO STREAM), then blocks on it.
+    bare = Registry(worker, ttl=3, heartbeat_interval=1, renew_deadline=2, log_retention=0)
+    bare.claim(2, "Kraken").release()
+    held = bare.claim(2, "Kraken")
+    assert bare.try_claim(2, "Kraken", wait=0.2) is None
+    assert held.release()
+    bare.close()
     registry.close()
     assert refused_on(admin, "worker") == []
 

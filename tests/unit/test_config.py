@@ -105,12 +105,22 @@ def test_valid_timing_gives_safe_heartbeat_bounds(hb: float, rd_factor: float, t
     assert 10 <= c.lease_settings.ttl_ms <= 86_400_000
 
 
-@pytest.mark.parametrize("bad", [0.5, 1.0, 3600.0, DAY - 0.001, 3650 * DAY + 1, math.nan])
+@pytest.mark.parametrize("bad", [0.5, 1.0, 3600.0, DAY - 0.001, 3650 * DAY + 1, math.nan, -0.5])
 def test_log_retention_bounds(bad: float) -> None:
-    """log_retention must be 1 day .. 3650 days: the contract's floor (no call may trim history younger than a
+    """log_retention must be 0 or 1 day .. 3650 days: the contract's floor (no call may trim history younger than a
     day, finding 4 of issue 9) and the scripts' retention_ms range."""
     with pytest.raises(ValueError, match="log_retention"):
         config(log_retention=bad)
+
+
+@pytest.mark.parametrize("none", [0, 0.0])
+def test_log_retention_0_is_a_lease_without_history(none: float) -> None:
+    """0 (not False, not "0") asks for leases without history: retention_ms "0" goes with the claim."""
+    assert config(log_retention=none).claim(1, "X", reclaim=False).call.args[7] == "0"
+    with pytest.raises(TypeError, match="log_retention"):
+        config(log_retention=False)
+    with pytest.raises(TypeError, match="log_retention"):
+        config(log_retention="0")  # type: ignore[arg-type]
 
 
 def test_log_retention_of_a_day_is_sent_with_the_claim() -> None:
