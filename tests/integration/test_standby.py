@@ -42,10 +42,12 @@ async def test_standby_takes_over_when_the_owner_releases(topology: Topology, na
     await asyncio.sleep(0.5)  # a few rounds go by: the spare still holds nothing
     assert not task.done()
     status = await io(owner_registry.get(1))
-    assert status is not None and status.fencing_token == owner.fencing_token
+    assert status is not None
+    assert status.fencing_token == owner.fencing_token
     await io(owner.release())
     lease = await asyncio.wait_for(task, GIVE_UP)
-    assert lease is not None and lease.fencing_token > owner.fencing_token
+    assert lease is not None
+    assert lease.fencing_token > owner.fencing_token
     assert lease.is_valid
     await io(lease.release())
 
@@ -61,7 +63,8 @@ async def test_standby_takes_over_from_a_dead_owner(topology: Topology, namespac
     task = start_standby(topology, spare_registry, check_every=0.4)
     lease = await asyncio.wait_for(task, SHORT["ttl"] + GIVE_UP)
     assert time.monotonic() >= before + pttl / 1000 - 0.002, "the spare got the resource before the record expired"
-    assert lease is not None and lease.fencing_token > owner.fencing_token
+    assert lease is not None
+    assert lease.fencing_token > owner.fencing_token
     await io(lease.release())
 
 
@@ -77,7 +80,8 @@ async def test_standby_stops_when_asked(topology: Topology, namespace: str) -> N
     stop.set()
     assert await asyncio.wait_for(task, 0.3 + GIVE_UP) is None
     status = await io(owner_registry.get(1))
-    assert status is not None and status.fencing_token == owner.fencing_token
+    assert status is not None
+    assert status.fencing_token == owner.fencing_token
     await io(owner.release())
 
 
