@@ -71,7 +71,7 @@ MODES: dict[str, dict[str, Any]] = {
         "server_calls": 2000,
         "skip_cells": [(1, 8)],  # the same workload as W = 1 R = 1; --full runs it
         "locks_seconds": 1.0,
-        "locks_duration": 4.0,
+        "locks_duration": 3.0,
         "locks_rounds": 2,
         "locks_workers": [16, 64],
         "wait_waiters": 16,

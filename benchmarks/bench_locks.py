@@ -91,6 +91,7 @@ CONTENTION_IMPLS = {
     "raw": RAW,
     "floor": FLOOR,
 }
+IMPL_SLUGS = {impl: slug for slug, impl in CONTENTION_IMPLS.items()}  # valid in a namespace
 
 #: Hold time after a successful acquire, and the sleep after a failed one (uniform), seconds.
 HOLD = 0.002
@@ -764,7 +765,7 @@ def contention(
                         LockJob(
                             impl=impl,
                             url=url,
-                            namespace=f"c{w}-{k}-{impl.split()[0]}",
+                            namespace=f"c{w}-{k}-{IMPL_SLUGS[impl]}",
                             worker=i,
                             resources=resources,
                             start_ns=start_ns,

@@ -74,7 +74,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert all(f["usec"] > 0 for f in floors.values())
 
     locks = data["locks"]
-    lock_impls = ["pylivermore", "redis-py Lock", "raw SET NX PX"]
+    lock_impls = [
+        "pylivermore",
+        "pylivermore, no history",
+        "redis-py Lock",
+        "raw SET NX PX",
+        "floor: claim + release writes",
+    ]
     if importlib.util.find_spec("redis_lock") is not None:
         lock_impls.append("python-redis-lock")
         assert not locks["notes"], locks["notes"]
@@ -85,6 +91,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
     expected_ratios = {"claim + release / redis-py Lock acquire + release", "lease.heartbeat() / raw PEXPIRE"}
     assert expected_ratios <= set(one["ratios"])
     assert all(v > 0 for v in one["ratios"].values())
+    expected_floors = {
+        "pylivermore, no history / redis-py Lock acquire + release",
+        "floor: claim + release writes / redis-py Lock acquire + release",
+        "floor: claim + release writes, no history / redis-py Lock acquire + release",
+        "floor: heartbeat / raw PEXPIRE",
+    }
+    assert set(one["floors"]) == expected_floors
+    assert all(v > 0 for v in one["floors"].values())
     assert all(loop["ops_per_s"] > 0 and loop["cpu_us_per_op"] > 0 for loop in one["loops"].values())
     failed_claim = locks["failed_claim"]
     assert failed_claim["claim_usec"] > 0
@@ -104,7 +118,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
             assert run["errors"] == 0, (cell, run["error_samples"])
             assert run["lost"] == 0, cell
             fencing = run["invariant"]["fencing"]
-            if impl == "pylivermore":
+            if impl.startswith(("pylivermore", "floor")):
                 assert fencing is not None, cell
                 assert fencing["not_increasing"] == 0, cell
     for w in lock_workers:
@@ -113,7 +127,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # Waiting (bench_wait.py): every implementation handed the resource over, with no overlap,
     # and every waiter took over from a killed holder. No latency bound: the machine may be loaded.
     wait = data["wait"]
-    wait_impls = [i for i in lock_impls if i != "raw SET NX PX"]
+    wait_impls = [i for i in lock_impls if i in ("pylivermore", "redis-py Lock", "python-redis-lock")]
     assert sorted(wait["impls"]) == sorted(wait_impls)
     handoffs = {r["impl"]: r for r in wait["handoff"]}
     assert sorted(handoffs) == sorted(wait_impls)
