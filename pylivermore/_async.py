@@ -70,6 +70,19 @@ from .resolver import AsyncResolver, no_address
 logger = logging.getLogger("pylivermore.heartbeat")
 
 
+async def _evalsha(call: Call, client: aredis.Redis) -> Any:
+    """*call* over ``EVALSHA`` on a standalone (or Sentinel) client, as the sync driver's ``_evalsha``."""
+    command = call_command(call)
+    try:
+        return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+    except ResponseError as exc:
+        if not is_missing(exc):
+            raise
+    for load in load_commands([call.script]):
+        await client.execute_command(*load)  # type: ignore[no-untyped-call]
+    return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+
+
 async def _fcall(call: Call, client: aredis.Redis | RedisCluster) -> Any:
     """*call* over ``FCALL``; where the server lacks the library (``Function not found``), load it
     there (``FUNCTION LOAD REPLACE``) and send the call once more."""
@@ -159,7 +172,9 @@ class AsyncRegistry:
     async def _run(self, call: Call) -> Any:
         if self._config.transport == "functions":
             return await _fcall(call, self._client)
-        return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
+        if isinstance(self._client, RedisCluster):  # redis-py's Script: the cluster client routes and redirects it
+            return await self._scripts[call.script](keys=call.keys, args=call.args, client=self._client)
+        return await _evalsha(call, self._client)
 
     async def _run_batch(
         self,

@@ -53,6 +53,7 @@ end
 -- Valid UTF-8 of lo..hi bytes with no control character (lines: tab, LF and CR are allowed).
 local function text_ok(s, lo, hi, lines)
   if #s < lo or #s > hi then return false end
+  if not string.find(s, '[^ -~]') then return true end -- printable ASCII, the usual case: one scan
   if string.find(s, lines and '[%z\1-\8\11\12\14-\31\127]' or '[%z\1-\31\127]') then return false end
   local i = 1
   while true do
