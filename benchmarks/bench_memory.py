@@ -238,12 +238,19 @@ def describe(client: redis.Redis) -> dict[str, str]:
 
 
 def stream_pass(
-    client: redis.Redis, namespace: str, resources: int, entries: Sequence[int], keep: int | None, log: Log
+    client: redis.Redis,
+    namespace: str,
+    resources: int,
+    entries: Sequence[int],
+    keep: int | None,
+    log: Log,
+    history: bool = True,
 ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, dict[str, float]]], dict[str, Any]]:
     """The library's layout at the server's current configuration: per entry count, the sample and
-    used_memory per resource; with *keep*, the alternative log layouts too; then after release."""
+    used_memory per resource; with *keep*, the alternative log layouts too; then after release.
+    Without *history* (``log_retention=0``) the same claims and transitions write no log entry."""
     baseline = used_memory(client)
-    pop = Population(client, namespace, resources)
+    pop = Population(client, namespace, resources, history)
     stages: dict[int, dict[str, Any]] = {}
     alts: dict[int, dict[str, dict[str, float]]] = {}
     try:
@@ -252,7 +259,7 @@ def stream_pass(
             stages[count] = {**pop.sample(), "used_memory": (used_memory(client) - baseline) / resources}
             if keep is not None:
                 alts[count] = alternatives(pop, keep)
-            log(f"  {count:>4} entries: {_brief(stages[count])}")
+            log(f"  {count:>4} {'entries' if history else 'operations, no history'}: {_brief(stages[count])}")
         for lease in pop.leases:
             lease.release()
         released = {
@@ -265,33 +272,6 @@ def stream_pass(
         pop.close()
         delete_namespace(client, namespace)
     return stages, alts, released
-
-
-def no_history_pass(
-    client: redis.Redis, namespace: str, resources: int, entries: Sequence[int], log: Log
-) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
-    """Leases without history (``log_retention=0``): at each step the same operations as the stream
-    pass (a claim, then transitions), none of which writes a log entry; then after release."""
-    baseline = used_memory(client)
-    pop = Population(client, namespace, resources, history=False)
-    stages: dict[int, dict[str, Any]] = {}
-    try:
-        for count in entries:
-            pop.advance(count)
-            stages[count] = {**pop.sample(), "used_memory": (used_memory(client) - baseline) / resources}
-            log(f"  {count:>4} operations, no history: {_brief(stages[count])}")
-        for lease in pop.leases:
-            lease.release()
-        released = {
-            **pop.sample(),
-            "entries": int(client.xlen(key(namespace, 1, "log"))),
-            "used_memory": (used_memory(client) - baseline) / resources,
-        }
-        log(f"  released ({released['entries']} entries): {_brief(released)}")
-    finally:
-        pop.close()
-        delete_namespace(client, namespace)
-    return stages, released
 
 
 def _brief(sample: dict[str, Any]) -> str:
@@ -335,7 +315,7 @@ def run_memory(
     delete_namespace(client, namespace)
 
     log(f"- {NO_LOG}")
-    bare, bare_released = no_history_pass(client, namespace, resources, entries, log)
+    bare, _, bare_released = stream_pass(client, namespace, resources, entries, None, log, history=False)
     log(f"- {STREAM}, {NODE_BYTES} {original}")
     default_label = f"{STREAM} ({NODE_BYTES} {original})"
     stages, alts, released = stream_pass(client, namespace, resources, entries, keep, log)
