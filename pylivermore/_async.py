@@ -146,6 +146,7 @@ class AsyncRegistry:
             transport=transport,
         )
         self._client = client
+        self._own_client = False  # from_url: close() closes the client it made
         self._scripts: dict[str, AsyncScript] = {n: client.register_script(s.source) for n, s in load_scripts().items()}
         self._clock = clock
         self._resolver = resolver
@@ -157,9 +158,12 @@ class AsyncRegistry:
 
     @classmethod
     def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> AsyncRegistry:
-        """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy."""
+        """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy;
+        :meth:`close` (or leaving ``async with registry:``) closes that client too."""
         client = aredis.Redis.from_url(url, **{**_client_options(Retry), **(client_options or {})})
-        return cls(client, **options)
+        registry = cls(client, **options)
+        registry._own_client = True
+        return registry
 
     @property
     def client(self) -> aredis.Redis:
@@ -488,7 +492,8 @@ class AsyncRegistry:
 
     async def close(self) -> None:
         """Stop the background heartbeat (leases stop being renewed; they are not released)
-        and close its own connections. The client passed in stays open."""
+        and close its own connections. A client passed in stays open; the one :meth:`from_url`
+        made is closed."""
         await self._heartbeat.stop()
         if self._refresher is not None:
             self._refresher.cancel()
@@ -496,6 +501,15 @@ class AsyncRegistry:
                 await self._refresher
         for node_client in self._nodes.drain():
             await node_client.aclose()
+        if self._own_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRegistry:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Leaving ``async with registry:`` closes it (:meth:`close`): leases still held stop being renewed."""
+        await self.close()
 
 
 class AsyncLease:

@@ -187,9 +187,15 @@ class LeaseCore:
         if not self._in_flight:
             current = self.state
             if (want is not None and want != current) or target not in self.settings.table.get(current, ()):
-                raise InvalidTransitionError(self.exchange_id, str(current), str(target), want and str(want))
+                raise InvalidTransitionError(
+                    self.exchange_id, str(current), str(target), want and str(want), self.next_states(current)
+                )
         self._in_flight = True
         return proto.transition_call(self.keys, self.token, self.next_seq(), str(target), str(want or ""))
+
+    def next_states(self, state: AnyState) -> tuple[str, ...]:
+        """The states the lease's table allows from *state*, in the table's order."""
+        return tuple(str(next_state) for next_state in self.settings.table.get(state, ()))
 
     def transition_done(self, reply: object, call: proto.Call) -> AnyState:
         w = self._owned("transition", reply)
@@ -202,7 +208,7 @@ class LeaseCore:
         self.state = state
         if w[0] == "BAD_TRANSITION":
             expected = call.args[3] or None
-            raise InvalidTransitionError(self.exchange_id, str(state), call.args[2], expected)
+            raise InvalidTransitionError(self.exchange_id, str(state), call.args[2], expected, self.next_states(state))
         # REPLAYED: a retry of this very call (redis-py resent it after a timeout) that was applied
         # the first time; the record's state is the answer.
         return state
@@ -219,9 +225,11 @@ class LeaseCore:
     def record_error_call(self, message: str, now: float) -> proto.Call:
         if not isinstance(message, str):
             raise TypeError(f"an error message must be a str, not {type(message).__name__}")
+        if not message.strip():
+            raise ValueError("an error message must say what went wrong, not be empty or blank")
         # The contract takes UTF-8 without control characters other than tab, LF and CR: an error
         # message is free text (a traceback, bytes from a socket), so it is made to fit, not refused.
-        message = _CONTROL.sub("\ufffd", message or "unknown error")
+        message = _CONTROL.sub("\ufffd", message)
         encoded = message.encode("utf-8")
         if len(encoded) > 4096:
             message = encoded[:4093].decode("utf-8", "ignore") + "..."

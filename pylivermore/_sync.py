@@ -205,6 +205,7 @@ class Registry:
             transport=transport,
         )
         self._client = client
+        self._own_client = False  # from_url: close() closes the client it made
         self._beat_client = _bounded(client, self._config.heartbeat_timeout)
         self._refresher: threading.Thread | None = None
         self._nodes: NodeClients[redis.Redis] = NodeClients(lambda node, timeout: _node_client(client, node, timeout))
@@ -216,9 +217,12 @@ class Registry:
 
     @classmethod
     def from_url(cls, url: str, *, client_options: Mapping[str, Any] | None = None, **options: Any) -> Registry:
-        """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy."""
+        """A registry on a new client for *url*, with bounded socket timeouts and a short retry policy;
+        :meth:`close` (or leaving ``with registry:``) closes that client too."""
         client = redis.Redis.from_url(url, **{**_client_options(Retry), **(client_options or {})})
-        return cls(client, **options)
+        registry = cls(client, **options)
+        registry._own_client = True
+        return registry
 
     @property
     def client(self) -> redis.Redis:
@@ -554,12 +558,22 @@ class Registry:
 
     def close(self) -> None:
         """Stop the background heartbeat (leases stop being renewed; they are not released)
-        and close the heartbeat's own connections. The client passed in stays open."""
+        and close the heartbeat's own connections. A client passed in stays open; the one
+        :meth:`from_url` made is closed."""
         self._heartbeat.stop()
         if self._beat_client is not self._client:
             self._beat_client.close()
         for node_client in self._nodes.drain():
             node_client.close()
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Leaving ``with registry:`` closes it (:meth:`close`): leases still held stop being renewed."""
+        self.close()
 
 
 class Lease:

@@ -55,12 +55,17 @@ class ClaimConflictError(LivermoreError):
 
     def __str__(self) -> str:
         h = self.holder
-        who = (
-            f"{h.hostname} (IP: {h.ip_address or 'unknown'}, connected since {h.connected_at or 'never'}, "
-            f"state {h.connection_state}, instance {h.instance_id})"
-            if h is not None
-            else "another instance"
-        )
+        if h is None:
+            who = "another instance"
+        else:
+            # Only what the record says: no "IP: unknown" or "connected since never" for what was never reported.
+            facts = [f"instance {h.instance_id}", f"state {h.connection_state} since {h.last_state_change}"]
+            facts.append(f"claimed at {h.registered_at}")
+            if h.connected_at:
+                facts.append(f"connected at {h.connected_at}")
+            address = f"{h.ip_address} ({h.country_code})" if h.ip_address and h.country_code else h.ip_address
+            facts.append(f"address {address}" if address else "no address reported")
+            who = f"{h.hostname} ({', '.join(facts)})"
         return (
             f"exchange {self.exchange_id} is already claimed by {who}. Stop that instance first, "
             f"or wait for its TTL to expire ({self.ttl:.1f} s remaining)."
@@ -96,16 +101,25 @@ class LeaseLostError(LivermoreError):
 class InvalidTransitionError(LivermoreError, ValueError):
     """The state table (or the expected current state) does not allow this transition.
 
-    Attributes: ``exchange_id``, ``current`` (the record's state), ``requested``, and
-    ``expected`` (the compare-and-set state the caller gave, or ``None``).
+    Attributes: ``exchange_id``, ``current`` (the record's state), ``requested``, ``expected``
+    (the compare-and-set state the caller gave, or ``None``) and ``allowed`` (the states the table
+    allows from ``current``, in its order).
     """
 
-    def __init__(self, exchange_id: int | str, current: str, requested: str, expected: str | None = None) -> None:
-        super().__init__(exchange_id, current, requested, expected)
+    def __init__(
+        self,
+        exchange_id: int | str,
+        current: str,
+        requested: str,
+        expected: str | None = None,
+        allowed: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(exchange_id, current, requested, expected, allowed)
         self.exchange_id = exchange_id
         self.current = current
         self.requested = requested
         self.expected = expected
+        self.allowed = allowed
 
     def __str__(self) -> str:
         if self.expected is not None and self.expected != self.current:
@@ -113,9 +127,10 @@ class InvalidTransitionError(LivermoreError, ValueError):
                 f"exchange {self.exchange_id} is in state {self.current!r}, not the expected "
                 f"{self.expected!r}; re-read the status before moving it to {self.requested!r}"
             )
+        nexts = ", ".join(repr(state) for state in self.allowed) or "no other state"
         return (
             f"exchange {self.exchange_id} cannot move from {self.current!r} to {self.requested!r}: "
-            "that edge is not in the state table"
+            f"that edge is not in the state table; from {self.current!r} it can move to {nexts}"
         )
 
 

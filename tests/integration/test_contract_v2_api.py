@@ -82,8 +82,12 @@ async def test_a_custom_table_works_end_to_end(topology: Topology, namespace: st
     lease = await io(registry.claim(3, "X"))
     assert await io(lease.transition("paused")) == "paused"
     assert lease.state == "paused"
-    with pytest.raises(InvalidTransitionError):
+    with pytest.raises(InvalidTransitionError) as info:
         await io(lease.transition("starting"))  # not an edge from paused in this table
+    assert info.value.allowed == ("idle",)
+    assert "from 'paused' it can move to 'idle'" in str(info.value)
+    with pytest.raises(ValueError, match="must say what went wrong"):
+        await io(lease.record_error(""))
     status = await io(registry.get(3))
     assert status is not None
     assert status.connection_state == "paused"

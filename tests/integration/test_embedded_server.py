@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pylivermore.server import WHEEL_SERVERS, installed_wheel_binary
+from pylivermore.server import WHEEL_SERVERS, RedisServer, installed_wheel_binary
+from tests.conftest import ACL_MODE, ADMIN_PASSWORD, ADMIN_USER, make_admin_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -88,3 +89,34 @@ def test_demo_keeps_using_redis_server_from_path(tmp_path: Path) -> None:
 
 def _reason(distribution: str) -> str:
     return f"no redis-server or valkey-server on PATH; the {distribution} wheel is installed"
+
+
+def test_demo_help_prints_help_and_starts_nothing(tmp_path: Path) -> None:
+    env = {**_env(os.environ["PATH"]), "REDIS_URL": "redis://127.0.0.1:1/0"}  # never reached
+    out = _run([sys.executable, "-m", "pylivermore.demo", "--help"], env, tmp_path).stdout
+    assert out.startswith("usage: pylivermore-demo"), out
+    assert "$REDIS_URL" in out
+    assert "started" not in out
+
+
+def test_demo_on_redis_url_tells_the_whole_story_and_leaves_no_key(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Against $REDIS_URL: the tour, then heartbeats renewing a short lease, a paused owner losing it
+    and a standby taking over with a higher token; at the end the demo's keys are all gone (the
+    fence and the log outlive a release, so a run used to leave two keys without TTL behind)."""
+    admin = make_admin_client(redis_server)
+    try:
+        before = set(admin.scan_iter(match="demo*"))
+        url = redis_server.url
+        if ACL_MODE:  # the suite's default user is a worker: the demo's cleanup needs an operator
+            url = url.replace("redis://", f"redis://{ADMIN_USER}:{ADMIN_PASSWORD}@", 1)
+        env = {**_env(os.environ["PATH"]), "REDIS_URL": url}
+        out = _run([sys.executable, "-m", "pylivermore.demo"], env, tmp_path).stdout
+        assert "ClaimConflictError" in out
+        assert "lastHeartbeat" in out
+        assert "the standby holds it" in out
+        assert "its fencing token is higher: True" in out
+        assert "LeaseLostError" in out
+        assert "removed the demo's" in out
+        assert set(admin.scan_iter(match="demo*")) == before, "the demo left keys on the server"
+    finally:
+        admin.close()

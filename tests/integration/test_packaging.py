@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tarfile
 import time
 import venv
 import zipfile
@@ -85,6 +87,7 @@ def test_wheel_contains_scripts_and_marker(installed: Installed) -> None:
             assert member in names, member
             assert wheel.read(member) == path.read_bytes(), member
         assert "pylivermore/lua/claim-3.lua" in names
+        assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), "the wheel lacks LICENSE"
         # the Redis Functions library (pylivermore._library) too
         functions = ROOT / "lua" / "functions" / "pylivermore.lua"
         assert wheel.read("pylivermore/lua/functions/pylivermore.lua") == functions.read_bytes()
@@ -176,3 +179,19 @@ def test_console_scripts_resolve(installed: Installed) -> None:
         if "=" in line and not line.startswith("["):
             script = installed.venv / "bin" / line.split("=")[0].strip()
             assert script.exists(), script
+
+
+def test_sdist_holds_what_the_readme_links_to(tmp_path: Path) -> None:
+    """The source distribution carries the files the README links to and the license the metadata
+    names (RELIABILITY.md was once left out), and the wheel the license too."""
+    deadline = time.monotonic() + BUDGET
+    _run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path), str(ROOT)], deadline=deadline, cwd=ROOT)
+    (sdist,) = tmp_path.glob("pylivermore-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\(([A-Za-z0-9_./-]+\.md)", readme))
+    assert linked, "the README links to no file: the test proves nothing"
+    for name in sorted(linked | {"LICENSE", "README.md", "lua/README.md"}):
+        assert name in names, f"the sdist lacks {name}"
+    assert "MIT License" in (ROOT / "LICENSE").read_text(encoding="utf-8")

@@ -43,7 +43,11 @@ SAMPLES: list[tuple[LivermoreError, dict[str, object]]] = [
     (LeaseLostError("kraken", "taken"), {"exchange_id": "kraken", "reason": "taken"}),
     (
         InvalidTransitionError("7", "idle", "active"),
-        {"exchange_id": "7", "current": "idle", "requested": "active", "expected": None},
+        {"exchange_id": "7", "current": "idle", "requested": "active", "expected": None, "allowed": ()},
+    ),
+    (
+        InvalidTransitionError("7", "idle", "active", None, ("starting",)),
+        {"exchange_id": "7", "current": "idle", "requested": "active", "expected": None, "allowed": ("starting",)},
     ),
     (
         InvalidTransitionError("7", "warming", "active", "starting"),
@@ -116,15 +120,17 @@ def test_all_exported() -> None:
 
 
 def test_claim_conflict_message() -> None:
-    """The conflict message names the holder (host, IP, connected since, state, instance) and the remaining
-    TTL, and tells the user to stop that instance or wait, as the seed did."""
+    """The conflict message names the holder (host, instance, state and since when, when it claimed
+    and connected, its address) and the remaining TTL, and tells the user to stop that instance or
+    wait, as the seed did."""
     message = str(ClaimConflictError("7", HOLDER, 12.34))
     for part in (
         "exchange 7",
         HOLDER.hostname,
-        f"IP: {HOLDER.ip_address}",
-        f"connected since {HOLDER.connected_at}",
-        "state active",
+        f"address {HOLDER.ip_address}",
+        f"connected at {HOLDER.connected_at}",
+        f"claimed at {HOLDER.registered_at}",
+        f"state active since {HOLDER.last_state_change}",
         HOLDER.instance_id,
         "Stop that instance first",
         "wait for its TTL to expire",
@@ -134,11 +140,14 @@ def test_claim_conflict_message() -> None:
 
 
 def test_claim_conflict_message_with_unknown_fields() -> None:
-    """Missing IP / never connected / undecodable holder still give a readable message."""
-    quiet = msgspec.structs.replace(HOLDER, ip_address=None, connected_at=None)
+    """A holder that reported no address and never connected (the defaults) is worded from what is
+    known: no "IP: unknown", no "connected since never"; an undecodable holder is "another instance"."""
+    quiet = msgspec.structs.replace(HOLDER, ip_address=None, country_code=None, connected_at=None)
     message = str(ClaimConflictError("7", quiet, 1.0))
-    assert "IP: unknown" in message
-    assert "connected since never" in message
+    assert "no address reported" in message
+    assert f"claimed at {HOLDER.registered_at}" in message
+    for wording in ("unknown", "never", "connected"):
+        assert wording not in message, wording
     assert "another instance" in str(ClaimConflictError("7", None, 1.0))
 
 
@@ -163,10 +172,13 @@ def test_lease_lost_message(reason: str, what: str) -> None:
 
 def test_invalid_transition_messages() -> None:
     """An illegal edge names both states and the state table; a failed compare-and-set says to re-read."""
-    edge = str(InvalidTransitionError("7", "idle", "active"))
+    edge = str(InvalidTransitionError("7", "idle", "active", None, ("starting",)))
     assert "'idle'" in edge
     assert "'active'" in edge
     assert "state table" in edge
+    assert "from 'idle' it can move to 'starting'" in edge
+    assert "to 'stopping', 'idle'" in str(InvalidTransitionError("7", "starting", "active", None, ("stopping", "idle")))
+    assert "it can move to no other state" in str(InvalidTransitionError("7", "dead", "idle"))
     cas = str(InvalidTransitionError("7", "warming", "active", "starting"))
     assert "'warming'" in cas
     assert "'starting'" in cas

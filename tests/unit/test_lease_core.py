@@ -396,11 +396,15 @@ def test_release_done(reply: list[bytes], deleted: bool) -> None:
 
 
 def test_record_error_message_rules() -> None:
-    """Messages must be str; '' becomes 'unknown error'; long ones are cut to the script's 4096-byte cap."""
+    """Messages must be str and say something ('' and blanks are refused before any round trip, not
+    stored as a made-up text); long ones are cut to the script's 4096-byte cap."""
     core = make_core()
     with pytest.raises(TypeError):
         core.record_error_call(b"boom", SENT)  # type: ignore[arg-type]
-    assert core.record_error_call("", SENT).args[2] == "unknown error"
+    for blank in ("", "   ", "\n\t"):
+        with pytest.raises(ValueError, match="must say what went wrong"):
+            core.record_error_call(blank, SENT)
+    assert core.next_seq() == 1, "a refused message takes no seq"
     long = core.record_error_call("é" * 5000, SENT).args[2]
     assert len(long.encode("utf-8")) <= 4096
     assert long.endswith("...")
