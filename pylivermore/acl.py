@@ -82,8 +82,9 @@ SCRIPT_TRANSPORT = ("evalsha", "script|load")
 #: rule that names them (unknown commands).
 FUNCTION_TRANSPORT = ("fcall", "function|load")
 
-#: What the readers (``get``, ``instances``, ``activity``) send; workers read too.
-READ_COMMANDS = ("hgetall", "scan", "xrevrange")
+#: What the readers (``get``, ``instances``, ``activity``; ``livermore status``, which also reads each
+#: record's TTL and the server's clock for the heartbeat age) send; workers read too.
+READ_COMMANDS = ("hgetall", "scan", "xrevrange", "pttl", "time")
 
 #: Everything a worker process needs (over the scripts). ``info`` is optional: it lets the registry
 #: check ``maxmemory-policy`` on first use (``CONFIG`` is deliberately not granted).

@@ -21,7 +21,6 @@ import shutil
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -35,17 +34,9 @@ from .server import (
     choose_server,
     container_server,
     docker_ping,
+    redacted_url,
     testcontainers_installed,
 )
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for printing."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _describe(url: str) -> str:
@@ -74,7 +65,7 @@ def _redis_url() -> Iterator[tuple[str, bool]]:
         have_testcontainers=testcontainers_installed,
     )
     if choice.kind == "url" and choice.target:
-        print(f"using {_describe(choice.target)} at {_redacted(choice.target)} (from $REDIS_URL)")
+        print(f"using {_describe(choice.target)} at {redacted_url(choice.target)} (from $REDIS_URL)")
         yield choice.target, True
     elif choice.kind == "binary" and choice.target:
         with RedisServer(choice.target) as server:

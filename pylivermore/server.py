@@ -205,6 +205,15 @@ def container_server(image: str | None = None) -> Iterator[str]:
         yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
 
 
+def redacted_url(url: str) -> str:
+    """*url* without its password, for printing."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def _free_port() -> int:
     # 20000-30000: outside the kernel's ephemeral range, and port+10000 (a cluster bus) stays valid.
     for _ in range(200):

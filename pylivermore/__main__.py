@@ -1,0 +1,7 @@
+"""``python -m pylivermore``: the ``livermore`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
