@@ -100,8 +100,9 @@ FUNCTION_WORKER_COMMANDS = (
     *SCRIPT_COMMANDS, *CLUSTER_COMMANDS, *DURABLE_COMMANDS, *WAIT_COMMANDS,
 )  # fmt: skip
 
-#: A read-only dashboard: ``get``, ``instances`` and ``activity``.
-DASHBOARD_COMMANDS = ("ping", "hello", *READ_COMMANDS, *CLUSTER_COMMANDS)
+#: A read-only dashboard: ``get``, ``instances`` and ``activity``, ``livermore status / watch / log``
+#: and the status page (``livermore serve``), which blocks on the activity logs (``XREAD``) to update.
+DASHBOARD_COMMANDS = ("ping", "hello", *READ_COMMANDS, "xread", *CLUSTER_COMMANDS)
 
 
 #: A Sentinel-managed client (redis-py's ``Sentinel.master_for``, sync and asyncio) sends the data

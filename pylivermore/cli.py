@@ -23,8 +23,9 @@ from ._keys import Keys, check_id, check_namespace
 from ._scripts import load_scripts, lua_dir
 from ._states import to_legacy_state
 from ._sync import Registry
+from ._view import Row, rows_from, view_commands
 from .errors import LivermoreError
-from .models import ActivityEntry, InstanceStatus
+from .models import ActivityEntry
 from .server import redacted_url
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -42,42 +43,17 @@ class Failure(Exception):
 # -- reading the registry ------------------------------------------------------------------------
 
 
-class Row(msgspec.Struct, frozen=True):
-    """One live record as the status table shows it."""
-
-    status: InstanceStatus
-    heartbeat_age: float | None  # seconds since lastHeartbeat, on the server's clock
-    ttl: float | None  # seconds left before the record expires (None: it just did)
-
-
-def _iso_seconds(text: str) -> float | None:
-    try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
 def rows(registry: Registry, exchange_id: int | str | None = None) -> list[Row]:
-    """The live records (or the one of *exchange_id*), with heartbeat age and TTL left, read in
-    one pipeline after the listing (``PTTL`` of each, and the server's ``TIME``)."""
+    """The live records (or the one of *exchange_id*), with heartbeat age and TTL left."""
     if exchange_id is None:
         statuses = registry.instances()
     else:
         one = registry.get(exchange_id)
         statuses = [one] if one is not None else []
-    namespace = registry._config.namespace
     pipe = registry.client.pipeline(transaction=False)
-    pipe.time()
-    for status in statuses:
-        pipe.pttl(Keys(namespace, str(status.exchange_id)).status)
-    replies = pipe.execute()
-    sec, usec = replies[0]
-    now = sec + usec / 1e6
-    out = []
-    for status, pttl in zip(statuses, replies[1:], strict=True):
-        beat = _iso_seconds(status.last_heartbeat)
-        out.append(Row(status, None if beat is None else max(0.0, now - beat), pttl / 1000 if pttl >= 0 else None))
-    return out
+    for command in view_commands(registry._config.namespace, statuses):
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+    return rows_from(statuses, pipe.execute())
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -233,6 +209,34 @@ def cmd_doctor(registry: Registry, args: argparse.Namespace) -> int:
     return OK if all(f.level != "fail" for f in findings) else SERVER_ERROR
 
 
+def cmd_serve(registry: Registry | None, args: argparse.Namespace) -> int:
+    import ipaddress
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        raise Failure(f"--host must be an IP address or localhost, not {args.host!r}", BAD_INPUT) from None
+    if not loopback and not args.public:
+        raise Failure(
+            f"binding to {args.host} lets anyone who reaches it read who holds what: add --public to mean it "
+            "(and put the page behind your own authentication)",
+            BAD_INPUT,
+        )
+    if not 0 < args.port < 65536 or not args.refresh > 0:
+        raise Failure("--port must be 1-65535 and --refresh above 0", BAD_INPUT)
+    try:
+        from .web import serve
+    except ImportError as exc:
+        raise Failure(f"the status page needs its extra: pip install 'pylivermore[web]' ({exc})", BAD_INPUT) from None
+    assert registry is not None
+    registry.get("livermore-serve-check")  # fail early (one line) if the server is unreachable or refuses reads
+    print(
+        f"livermore: serving {args.url_shown} namespace {args.namespace} on http://{args.host}:{args.port}/", flush=True
+    )
+    serve(args.url, args.namespace, args.host, args.port, args.refresh)
+    return OK
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 
@@ -282,6 +286,19 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check the server for what matters to pylivermore, each with a fix")
     p.set_defaults(run=cmd_doctor)
+
+    p = sub.add_parser(
+        "serve",
+        help="the live status page, /api/instances and /metrics (pip install 'pylivermore[web]')",
+        description="A read-only status page that updates itself, its JSON API and Prometheus metrics. "
+        "It binds to 127.0.0.1; anything else needs --public, and exposes who holds what (hosts, instances, "
+        "fencing tokens) to whoever can reach the port: put it behind your own authentication.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--public", action="store_true", help="allow binding to an address other than loopback")
+    p.add_argument("--refresh", type=float, default=1.0, help="longest pause between updates, seconds (default 1)")
+    p.set_defaults(run=cmd_serve)
     return top
 
 
@@ -289,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
     args.url_shown = redacted_url(url)
+    args.url = url
     if args.command == "release" and args.operator is None:
         args.operator = os.environ.get("USER") or os.environ.get("USERNAME") or "livermore"
     run: Callable[[Any, argparse.Namespace], int] = args.run

@@ -87,6 +87,7 @@ def test_wheel_contains_scripts_and_marker(installed: Installed) -> None:
             assert member in names, member
             assert wheel.read(member) == path.read_bytes(), member
         assert "pylivermore/lua/claim-3.lua" in names
+        assert "pylivermore/status_page.html" in names
         assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), "the wheel lacks LICENSE"
         # the Redis Functions library (pylivermore._library) too
         functions = ROOT / "lua" / "functions" / "pylivermore.lua"
