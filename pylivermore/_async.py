@@ -729,7 +729,9 @@ class _Heartbeat:
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
             if renewals:  # never raises: failed beats are retried until the deadline
                 sent = clock()
-                settle_round(renewals, await registry._renew(renewals), sent, clock())
+                settle_round(
+                    renewals, await registry._renew(renewals), sent, clock(), registry._config.lease_settings.observer
+                )
             self._schedule.push_all(due)
             wake = self._schedule.next_wake()
             self._planned = float("inf") if wake is None else wake

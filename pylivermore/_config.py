@@ -17,7 +17,7 @@ from . import _protocol as proto
 from ._keys import Keys, check_id, check_namespace, check_text, python_id, status_pattern
 from ._lease import LeaseCore, LeaseSettings
 from ._states import State, build_table
-from .errors import CorruptStatusError, NotReplicatedError
+from .errors import ClaimConflictError, CorruptStatusError, NotReplicatedError
 from .models import ActivityEntry, InstanceStatus, decode_entry, decode_status, text_dict
 
 logger = logging.getLogger("pylivermore.registry")
@@ -193,9 +193,19 @@ class RegistryConfig:
     def claimed(self, pending: PendingClaim, reply: object, sent_at: float, quiet: bool = False) -> LeaseCore | None:
         """The new lease's core; on conflict raises :class:`~pylivermore.ClaimConflictError`, or
         with *quiet* answers ``None``."""
-        claimed = proto.parse_claim(reply, pending.keys, pending.wire_id, quiet)
+        observer = self.lease_settings.observer
+        try:
+            claimed = proto.parse_claim(reply, pending.keys, pending.wire_id, quiet)
+        except ClaimConflictError:
+            if observer is not None:
+                observer.conflict()
+            raise
         if claimed is None:
+            if observer is not None:
+                observer.conflict()
             return None
+        if observer is not None:
+            observer.claimed()
         fencing_token, how = claimed
         logger.info("claimed exchange %s (fencing token %d, %s)", pending.wire_id, fencing_token, how)
         return LeaseCore(

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from . import _protocol as proto
+from ._events import Observer
 from ._keys import Keys, check_text
 from ._states import AnyState, State, parse_state
 from .errors import InvalidTransitionError, LeaseLostError, ScriptContractError
@@ -44,7 +45,7 @@ _RENEWED = (b"RENEWED", "RENEWED")
 class LeaseSettings:
     """What a lease needs from its registry's configuration."""
 
-    __slots__ = ("heartbeat_interval", "renew_deadline", "retention_ms", "table", "table_wire", "ttl_ms")
+    __slots__ = ("heartbeat_interval", "observer", "renew_deadline", "retention_ms", "table", "table_wire", "ttl_ms")
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class LeaseSettings:
         self.retention_ms = retention_ms
         self.table = table
         self.table_wire = table_wire
+        self.observer: Observer | None = None  # pylivermore.metrics: told of claims, conflicts, losses, rounds
 
 
 class LeaseCore:
@@ -116,6 +118,8 @@ class LeaseCore:
             self.lost_reason = reason
         if reason != "released":
             logger.warning("lease on exchange %s lost: %s", self.exchange_id, reason)
+            if self.settings.observer is not None:
+                self.settings.observer.lost(reason)
             if self.on_lost is not None:
                 try:
                     self.on_lost()

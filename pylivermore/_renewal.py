@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _protocol as proto
+from ._events import Observer
 from ._lease import LeaseCore
 from .errors import LeaseLostError, ScriptContractError
 
@@ -170,9 +171,13 @@ def settle_renewal(cores: Sequence[LeaseCore], reply: object, sent: float, now: 
             c.heartbeat_failed(now)
 
 
-def settle_round(renewals: Sequence[Renewal], replies: Sequence[object], sent: float, now: float) -> None:
+def settle_round(
+    renewals: Sequence[Renewal], replies: Sequence[object], sent: float, now: float, observer: Observer | None = None
+) -> None:
     """Apply the replies of one heartbeat round (one per renewal call, or the exception that
-    stood for it), all sent at *sent*; never raises."""
+    stood for it), all sent at *sent*; never raises. The *observer* learns how long it took."""
+    if observer is not None:
+        observer.heartbeat_round(now - sent)
     for (cores, _), reply in zip(renewals, replies, strict=True):
         settle_renewal(cores, reply, sent, now)
 

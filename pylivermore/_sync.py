@@ -761,7 +761,9 @@ class _Heartbeat:
             renewals = renewal_calls(due, _core_of, clock(), ahead, self._slot_of)
             if renewals:  # never raises: failed beats are retried until the deadline
                 sent = clock()
-                settle_round(renewals, registry._renew(renewals), sent, clock())
+                settle_round(
+                    renewals, registry._renew(renewals), sent, clock(), registry._config.lease_settings.observer
+                )
             with self._lock:
                 self._schedule.push_all(due)
                 wake = self._schedule.next_wake()
