@@ -98,6 +98,8 @@ def layout_finding(server: Mapping[str, Any], replication: Mapping[str, Any], cl
             "point --url (and your workers) at the master, or use Sentinel / cluster clients that find it",
         )
     if mode == "cluster":
+        if cluster_state == "unknown":
+            return Finding("info", "layout", "Redis Cluster; its state is not readable by this user (CLUSTER INFO)")
         if cluster_state != "ok":
             return Finding("fail", "layout", f"cluster state {cluster_state}", "fix the cluster (CLUSTER INFO)")
         return Finding("ok", "layout", f"Redis Cluster, state ok; this node has {replicas} replica(s)")
@@ -193,7 +195,10 @@ def run_checks(client: redis.Redis, namespace: str) -> list[Finding]:
         persistence, replication = client.info("persistence"), client.info("replication")
         cluster_state = None
         if _text(server.get("redis_mode", "")) == "cluster":
-            cluster_state = _cluster_state(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
+            try:
+                cluster_state = _cluster_state(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
+            except redis.exceptions.NoPermissionError:
+                cluster_state = "unknown"
         try:
             save: str | None = _text(client.config_get("save").get("save", ""))
         except redis.ResponseError:

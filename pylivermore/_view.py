@@ -1,7 +1,8 @@
-"""What an operator sees of the live records: each with its heartbeat age and TTL left, read in one
-pipeline after the listing (``TIME`` and the ``PTTL`` of each record). Shared by ``livermore status``
-/ ``watch`` (sync) and the status page (asyncio): the drivers send :func:`view_commands` and hand
-the replies to :func:`rows_from`.
+"""What an operator sees of the live records: each with its heartbeat age and TTL left, read after
+the listing (the ``PTTL`` of each record in one pipeline, which a cluster client splits by node, then
+the server's ``TIME``). Shared by ``livermore status`` / ``watch`` (sync) and the status page
+(asyncio): the drivers send :func:`ttl_keys`' ``PTTL``s and ``TIME`` and hand the replies to
+:func:`rows_from`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ class Row(msgspec.Struct, frozen=True):
     ttl: float | None  # seconds left before the record expires (None: it just did)
 
 
-def view_commands(namespace: str, statuses: Sequence[InstanceStatus]) -> list[tuple[str, ...]]:
-    """``TIME``, then ``PTTL`` of each record: one pipeline."""
-    return [("TIME",)] + [("PTTL", Keys(namespace, str(s.exchange_id)).status) for s in statuses]
+def ttl_keys(namespace: str, statuses: Sequence[InstanceStatus]) -> list[str]:
+    """The status key of each record, whose ``PTTL`` is its TTL left."""
+    return [Keys(namespace, str(s.exchange_id)).status for s in statuses]
 
 
 def _iso_seconds(text: str) -> float | None:
@@ -37,12 +38,12 @@ def _iso_seconds(text: str) -> float | None:
         return None
 
 
-def rows_from(statuses: Sequence[InstanceStatus], replies: Sequence[Any]) -> list[Row]:
-    """The rows, from the replies to :func:`view_commands`."""
-    sec, usec = replies[0]
+def rows_from(statuses: Sequence[InstanceStatus], pttls: Sequence[Any], time_reply: Any) -> list[Row]:
+    """The rows, from the ``PTTL`` replies (one per record) and ``TIME``'s."""
+    sec, usec = time_reply
     now = int(sec) + int(usec) / 1e6
     out = []
-    for status, pttl in zip(statuses, replies[1:], strict=True):
+    for status, pttl in zip(statuses, pttls, strict=True):
         beat = _iso_seconds(status.last_heartbeat)
         age = None if beat is None else max(0.0, now - beat)
         out.append(Row(status, age, int(pttl) / 1000 if int(pttl) >= 0 else None))

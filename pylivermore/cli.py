@@ -23,7 +23,7 @@ from ._keys import Keys, check_id, check_namespace
 from ._scripts import load_scripts, lua_dir
 from ._states import to_legacy_state
 from ._sync import Registry
-from ._view import Row, rows_from, view_commands
+from ._view import Row, rows_from, ttl_keys
 from .errors import LivermoreError
 from .models import ActivityEntry
 from .server import redacted_url
@@ -51,9 +51,10 @@ def rows(registry: Registry, exchange_id: int | str | None = None) -> list[Row]:
         one = registry.get(exchange_id)
         statuses = [one] if one is not None else []
     pipe = registry.client.pipeline(transaction=False)
-    for command in view_commands(registry._config.namespace, statuses):
-        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    return rows_from(statuses, pipe.execute())
+    for key in ttl_keys(registry._config.namespace, statuses):
+        pipe.pttl(key)
+    pttls = pipe.execute()
+    return rows_from(statuses, pttls, registry.client.time())
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -233,7 +234,9 @@ def cmd_serve(registry: Registry | None, args: argparse.Namespace) -> int:
     print(
         f"livermore: serving {args.url_shown} namespace {args.namespace} on http://{args.host}:{args.port}/", flush=True
     )
-    serve(args.url, args.namespace, args.host, args.port, args.refresh)
+    from redis.cluster import RedisCluster
+
+    serve(args.url, args.namespace, args.host, args.port, args.refresh, isinstance(registry.client, RedisCluster))
     return OK
 
 
@@ -314,8 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_namespace(args.namespace)
         if args.command == "scripts" and not args.load:
             return run(None, args)
-        with Registry.from_url(url, namespace=args.namespace) as registry:
-            return run(registry, args)
+        client = connect(url)
+        try:
+            with Registry(client, namespace=args.namespace) as registry:
+                return run(registry, args)
+        finally:
+            client.close()
     except Failure as exc:
         return _fail(str(exc), exc.code)
     except (ValueError, TypeError) as exc:
@@ -328,6 +335,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{type(exc).__name__}: {exc}", SERVER_ERROR)
     except KeyboardInterrupt:
         return INTERRUPTED
+
+
+def connect(url: str) -> Any:
+    """A client for *url*: ``RedisCluster`` when the server is a cluster node (so that listings,
+    TTLs and logs reach every master), else ``redis.Redis``; bounded timeouts, a short retry policy."""
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    from ._config import client_options
+
+    options = client_options(Retry)
+    client = redis.Redis.from_url(url, **options)
+    try:
+        client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    except redis.ResponseError:  # "cluster support disabled" (or not allowed: then treat it as standalone)
+        return client
+    client.close()
+    return RedisCluster.from_url(url, **options)
 
 
 def _fail(message: str, code: int) -> int:

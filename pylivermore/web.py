@@ -10,7 +10,8 @@ Routes (``pip install 'pylivermore[web]'``: Starlette, uvicorn, sse-starlette, p
 - ``GET /api/log/{id}``: an instance's activity log, newest first.
 - ``GET /events``: Server-Sent Events: an ``instances`` event with the whole list at once and then
   whenever a known resource's activity log gets an entry (``XREAD BLOCK`` on the logs) or at the
-  latest every *refresh* seconds (ages and TTLs move; new resources appear).
+  latest every *refresh* seconds (ages and TTLs move; new resources appear). On a Redis Cluster
+  (one ``XREAD`` may name keys of one slot only) every *refresh* seconds.
 - ``GET /metrics``: the Prometheus text format: per instance its state, heartbeat age, TTL left and
   fencing token; instances by state.
 
@@ -32,6 +33,7 @@ import redis.asyncio as aredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -41,7 +43,7 @@ from starlette.routing import Route
 
 from ._async import AsyncRegistry
 from ._keys import Keys, check_id
-from ._view import SEED_STATES, Row, document, rows_from, view_commands
+from ._view import SEED_STATES, Row, document, rows_from, ttl_keys
 
 PAGE = Path(__file__).with_name("status_page.html")
 logger = logging.getLogger("pylivermore.web")
@@ -52,17 +54,20 @@ WEB_COMMANDS = ("xread",)
 class StatusReader:
     """The page's reads, on one asyncio client (read-only)."""
 
-    def __init__(self, client: aredis.Redis, namespace: str) -> None:
+    def __init__(self, client: aredis.Redis | RedisCluster, namespace: str) -> None:
         self.client = client
         self.namespace = namespace
-        self.registry = AsyncRegistry(client, namespace=namespace)
+        self.registry = AsyncRegistry(client, namespace=namespace)  # type: ignore[arg-type]
+        # One XREAD may only name keys of one slot on a cluster: there the page refreshes on its timer.
+        self.follows_logs = not isinstance(client, RedisCluster)
 
     async def rows(self) -> list[Row]:
         statuses = await self.registry.instances()
         pipe = self.client.pipeline(transaction=False)
-        for command in view_commands(self.namespace, statuses):
-            pipe.execute_command(*command)
-        return rows_from(statuses, await pipe.execute())
+        for key in ttl_keys(self.namespace, statuses):
+            pipe.pttl(key)
+        pttls = await pipe.execute()
+        return rows_from(statuses, pttls, await self.client.time())
 
     async def documents(self) -> list[dict[str, Any]]:
         return [document(row) for row in await self.rows()]
@@ -85,7 +90,7 @@ class StatusReader:
         """Block up to *timeout* s on the logs of the resources in *since* (id -> the last entry seen);
         True if one got a newer entry (*since* moves on)."""
         logs: dict[Any, Any] = {Keys(self.namespace, wire_id).log: last for wire_id, last in since.items()}
-        if not logs:
+        if not logs or not self.follows_logs:
             await asyncio.sleep(timeout)
             return False
         reply: Any = await self.client.xread(logs, block=max(1, int(timeout * 1000)), count=100)
@@ -145,7 +150,7 @@ def metrics_text(rows: list[Row]) -> bytes:
     return generate_latest(registry)
 
 
-def create_app(client: aredis.Redis, namespace: str = "exchange", refresh: float = 1.0) -> Starlette:
+def create_app(client: aredis.Redis | RedisCluster, namespace: str = "exchange", refresh: float = 1.0) -> Starlette:
     """The status page's application on *client* (read-only); *refresh*: the longest pause between
     two ``instances`` events."""
     reader = StatusReader(client, namespace)
@@ -207,9 +212,14 @@ def create_app(client: aredis.Redis, namespace: str = "exchange", refresh: float
     )
 
 
-def serve(url: str, namespace: str, host: str, port: int, refresh: float = 1.0) -> None:
+def serve(url: str, namespace: str, host: str, port: int, refresh: float = 1.0, cluster: bool = False) -> None:
     """Run the status page until interrupted (uvicorn)."""
     import uvicorn
 
-    client = aredis.Redis.from_url(url, socket_timeout=max(5.0, refresh + 4.0))
+    timeout = max(5.0, refresh + 4.0)  # above the longest XREAD BLOCK
+    client: aredis.Redis | RedisCluster
+    if cluster:
+        client = RedisCluster.from_url(url, socket_timeout=timeout)
+    else:
+        client = aredis.Redis.from_url(url, socket_timeout=timeout)
     uvicorn.run(create_app(client, namespace, refresh), host=host, port=port, log_level="warning")

@@ -22,6 +22,7 @@ from pylivermore import Registry
 from pylivermore._scripts import load_scripts
 from pylivermore.acl import dashboard_rules
 from pylivermore.server import RedisServer
+from tests.topology import ClusterSet
 
 LIVERMORE = Path(sys.executable).with_name("livermore")
 LONG = {"ttl": 30.0, "heartbeat_interval": 10.0, "renew_deadline": 20.0}
@@ -213,3 +214,31 @@ def test_python_dash_m_pylivermore_is_the_same_command(redis_server: RedisServer
     )
     assert proc.returncode == 0, proc.stderr
     assert "claim-3.lua" in proc.stdout
+
+
+def test_on_a_cluster_every_master_is_read(cluster: ClusterSet, namespace: str) -> None:
+    """``--url`` of one cluster node: livermore reads the whole cluster (a RedisCluster client), so
+    status lists the records of every master, log and release reach the right node, doctor says
+    it is a cluster."""
+    client = cluster.client()
+    try:
+        with Registry(client, namespace=namespace, **LONG) as registry:
+            ids = list(range(1, 13))  # hash tags {1}..{12}: spread over the three masters
+            for exchange_id in ids:
+                registry.claim(exchange_id, f"Exchange{exchange_id}")
+            masters = {cluster.node_for_key(f"{namespace}:{{{i}}}:status").port for i in ids}
+            assert len(masters) == 3, "the ids should land on every master"
+            documents = json.loads(livermore(cluster.url, "status", "--json", namespace=namespace).stdout)
+            assert sorted(d["exchangeId"] for d in documents) == ids
+            table = livermore(cluster.url, "status", namespace=namespace)
+            assert table.returncode == 0, table.stderr
+            assert len(table.stdout.splitlines()) == 1 + len(ids)
+            assert "claim" in livermore(cluster.url, "log", "7", namespace=namespace).stdout
+            released = livermore(cluster.url, "release", "7", "--reason", "drain", namespace=namespace)
+            assert released.returncode == 0, released.stderr
+            assert registry.get(7) is None
+            doctor = livermore(cluster.url, "doctor")  # as the worker: CLUSTER INFO is not among its rules
+            assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+            assert "Redis Cluster" in doctor.stdout, doctor.stdout
+    finally:
+        client.close()

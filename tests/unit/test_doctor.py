@@ -58,6 +58,7 @@ def test_persistence() -> None:
         ({"redis_mode": "standalone"}, {"role": "master", "connected_slaves": 2}, None, "ok", "2 replica(s)"),
         ({"redis_mode": "cluster"}, {"role": "master", "connected_slaves": 1}, "ok", "ok", "Redis Cluster"),
         ({"redis_mode": "cluster"}, {"role": "master", "connected_slaves": 1}, "fail", "fail", "cluster state fail"),
+        ({"redis_mode": "cluster"}, {"role": "master", "connected_slaves": 1}, "unknown", "info", "not readable"),
     ],
 )
 def test_layout(

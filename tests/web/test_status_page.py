@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pylivermore import Registry
 from pylivermore.acl import dashboard_rules
 from pylivermore.server import RedisServer
+from tests.topology import ClusterSet
 from tests.web.conftest import LIVERMORE
 
 LONG = {"ttl": 30.0, "heartbeat_interval": 10.0, "renew_deadline": 20.0}
@@ -138,3 +139,33 @@ def test_serving_beyond_loopback_needs_public(redis_server: RedisServer, host: s
     assert proc.returncode == 2
     assert "add --public" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_on_a_cluster_the_page_reads_every_master(
+    serve: Callable[..., str], cluster: ClusterSet, namespace: str
+) -> None:
+    """Served from one node's URL, the page reads the whole cluster (records of every master), and
+    its stream refreshes on the timer (one XREAD may only name keys of one slot)."""
+    client = cluster.client()
+    try:
+        with Registry(client, namespace=namespace, **LONG) as registry:
+            for exchange_id in range(1, 10):
+                registry.claim(exchange_id, f"Exchange{exchange_id}")
+            base = serve(cluster.url, namespace, "--refresh", "0.2")
+            assert sorted(d["exchangeId"] for d in get(f"{base}/api/instances")) == list(range(1, 10))
+            with urllib.request.urlopen(f"{base}/events", timeout=GIVE_UP) as stream:
+                seen = []
+                while len(seen) < 2:
+                    line = stream.readline().decode().strip()
+                    if line.startswith("data: "):
+                        seen.append(len(json.loads(line[6:])))
+                assert seen == [9, 9]  # two timer refreshes
+            counts = {
+                s.labels["state"]: s.value
+                for f in text_string_to_metric_families(get(f"{base}/metrics"))
+                for s in f.samples
+                if s.name == "pylivermore_instances"
+            }
+            assert counts["idle"] == 9
+    finally:
+        client.close()
