@@ -378,6 +378,11 @@ JUMP = 3600.0
 WALL_CLOCK_READS = re.compile(r"\btime\.time(_ns)?\(|\bdatetime\.(now|utcnow|today)\(|\bdate\.today\(")
 
 
+#: Operator tools that read the wall clock on no lease's path: ``livermore doctor`` compares this
+#: machine's clock with the server's, ``livermore watch`` prints the local time of each refresh.
+CLOCK_COMPARERS = frozenset({"_doctor.py", "cli.py"})
+
+
 @pytest.mark.chaos
 @pytest.mark.timeout(60)
 def test_wall_clock_jumps_change_nothing(
@@ -447,6 +452,8 @@ def test_wall_clock_jumps_change_nothing(
         assert from_package == [], f"pylivermore read the wall clock from {from_package}"
         package_dir = Path(pylivermore.__file__).parent
         for source in sorted(package_dir.glob("*.py")):
+            if source.name in CLOCK_COMPARERS:
+                continue
             match = WALL_CLOCK_READS.search(source.read_text(encoding="utf-8"))
             assert match is None, f"{source.name} reads the wall clock: {match.group(0)!r}"
         assert lease.release() is True

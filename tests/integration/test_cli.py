@@ -97,6 +97,9 @@ def test_log_follow_streams_new_entries(redis_server: RedisServer, namespace: st
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as in a terminal: a shell's background job (CI runs under one) starts with SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
@@ -107,7 +110,12 @@ def test_log_follow_streams_new_entries(redis_server: RedisServer, namespace: st
         assert (released["event"], released["operator"], released["reason"]) == ("force_release", "bob", "drain")
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
     assert proc.returncode == 0, err
     assert "Traceback" not in err
 

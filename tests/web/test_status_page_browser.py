@@ -66,9 +66,16 @@ def test_claim_transition_and_release_appear_live(
     wait.until(lambda d: "updated" in d.find_element(By.ID, "status").text)  # the stream is open
     browser.execute_script("window.__sameDocument = 'not reloaded';")
 
+    # Read and click through JavaScript, atomically: each update re-renders the rows, so an element
+    # found by one WebDriver call may be stale by the next.
+    find_row = "const r = document.querySelector(`#rows tr[data-id='${arguments[0]}']`);"
+
     def row_state(exchange_id: str) -> str | None:
-        rows = browser.find_elements(By.CSS_SELECTOR, f'#rows tr[data-id="{exchange_id}"]')
-        return rows[0].get_attribute("data-state") if rows else None
+        state = browser.execute_script(find_row + " return r ? r.dataset.state : null;", exchange_id)
+        return None if state is None else str(state)
+
+    def row_text(exchange_id: str) -> str:
+        return str(browser.execute_script(find_row + " return r ? r.innerText : '';", exchange_id))
 
     with Registry.from_url(redis_server.url, namespace=namespace, **LONG) as registry:
         registry.claim("kraken", "Kraken")  # a second instance, for the picture
@@ -78,11 +85,11 @@ def test_claim_transition_and_release_appear_live(
         lease.transition("starting")
         lease.transition("warming")
         wait.until(lambda _: row_state("1") == "warming")
-        browser.find_element(By.CSS_SELECTOR, '#rows tr[data-id="1"]').click()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log-entries li")) == 3)
-        events = [li.get_attribute("data-event") for li in browser.find_elements(By.CSS_SELECTOR, "#log-entries li")]
-        assert events == ["state_transition", "state_transition", "claim"]
-        cells = browser.find_element(By.CSS_SELECTOR, '#rows tr[data-id="1"]').text
+        browser.execute_script("document.querySelector('#rows tr[data-id=\"1\"]').click();")  # a user's click
+        events_js = "return [...document.querySelectorAll('#log-entries li')].map((li) => li.dataset.event);"
+        wait.until(lambda d: len(d.execute_script(events_js)) == 3)
+        assert browser.execute_script(events_js) == ["state_transition", "state_transition", "claim"]
+        cells = row_text("1")
         assert "Coinbase" in cells
         assert str(lease.fencing_token) in cells
         assert "412" in cells
