@@ -194,6 +194,8 @@ def run_checks(client: redis.Redis, namespace: str) -> list[Finding]:
         server, memory = client.info("server"), client.info("memory")
         persistence, replication = client.info("persistence"), client.info("replication")
         cluster_state = None
+        if _text(client.info("cluster").get("cluster_enabled", 0)) == "1":  # Valkey 9 names no redis_mode
+            server = {**server, "redis_mode": "cluster"}
         if _text(server.get("redis_mode", "")) == "cluster":
             try:
                 cluster_state = _cluster_state(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
